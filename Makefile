@@ -1,0 +1,42 @@
+# refine-bench developer entry points. `make test` and `make demo` work on a fresh clone.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# A CPU build of torch on these machines; any other spec can pull a multi-GB CUDA build. The package itself
+# only asks for a range, so GPU users keep their CUDA build.
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: setup system-deps test test-all demo lint bench paper-tables clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_PIN)"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(BIN)/.installed
+
+# Headless Chromium for the dashboard test (Debian package; the test skips with a reason where it is absent).
+system-deps:
+	@command -v chromium >/dev/null 2>&1 || { (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+		|| echo "note: could not install chromium; the dashboard browser test will be skipped"; }
+
+test: setup system-deps
+	$(BIN)/python -m pytest -q
+
+# Everything, including checks marked slow (real-size shapes, benchmarks-as-tests).
+test-all: setup system-deps
+	$(BIN)/python -m pytest -q -m ""
+
+demo: setup
+	$(BIN)/refine-bench run --model deltanet-tiny --arm base
+
+lint: setup
+	$(BIN)/ruff check refine_bench tests scripts
+
+bench: setup
+	$(BIN)/refine-bench bench kernels --json
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,3 @@
+from refine_bench.cli import main
+
+main()

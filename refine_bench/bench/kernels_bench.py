@@ -1,0 +1,90 @@
+"""`refine-bench bench kernels`: chunked vs recurrent delta rule, cached vs uncached decoding.
+
+Every ratio is measured in the same process, so machine noise affects both sides alike.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from refine_bench.bench.timing import best_time, matmul_peak_gflops
+from refine_bench.kernels import delta_rule_chunked, delta_rule_recurrent
+from refine_bench.models.base import FastWeightPreTrainedModel
+from refine_bench.models.zoo import load_model
+
+
+def _delta_inputs(B: int, T: int, H: int, D: int, requires_grad: bool, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, T, H, D, generator=g)
+    k = torch.nn.functional.normalize(torch.randn(B, T, H, D, generator=g), dim=-1)
+    v = torch.randn(B, T, H, D, generator=g)
+    beta = torch.rand(B, T, H, generator=g)
+    return [x.requires_grad_(requires_grad) for x in (q, k, v, beta)]
+
+
+def delta_rule_speed(T: int = 2048, H: int = 4, D: int = 64, B: int = 1) -> dict[str, float]:
+    """Forward+backward seconds of both delta-rule paths, and the chunked forward's effective GFLOP/s."""
+    inputs = _delta_inputs(B, T, H, D, requires_grad=True)
+
+    def fwd_bwd(kernel):
+        def run():
+            o, s = kernel(*inputs)
+            (o.square().mean() + s.square().mean()).backward()
+        return run
+
+    chunk_s = best_time(fwd_bwd(delta_rule_chunked), repeats=3)
+    recurrent_s = best_time(fwd_bwd(delta_rule_recurrent), repeats=1, warmup=0)
+    with torch.no_grad():
+        fwd_s = best_time(lambda: delta_rule_chunked(*inputs), repeats=5)
+    # 6 * K * V flops per token and head in the recurrent form: S^T k, the rank-1 update, S^T q.
+    flops = 6 * B * H * T * D * D
+    return {
+        "delta_rule_chunk_fwd_bwd_s": chunk_s,
+        "delta_rule_recurrent_fwd_bwd_s": recurrent_s,
+        "chunk_vs_recurrent_speedup": recurrent_s / chunk_s,
+        "kernel_gflops": flops / fwd_s / 1e9,
+    }
+
+
+@torch.no_grad()
+def decode_speed(model: FastWeightPreTrainedModel, prefix_len: int = 4096, new_tokens: int = 64,
+                 nocache_tokens: int = 16, seed: int = 0) -> dict[str, float]:
+    """Seconds per generated token (greedy) with the recurrent cache vs re-running the whole prefix.
+
+    The cached figure excludes the prefill; the uncached one re-runs prefix + generated tokens for every
+    token, as a model without a decode cache does, timed over `nocache_tokens` tokens.
+    """
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, model.config.vocab_size, (1, prefix_len), generator=g)
+    out = model(ids, use_cache=True, logits_to_keep=1)
+    cache, nxt = out.cache, out.logits[:, -1].argmax(-1, keepdim=True)
+    start = time.perf_counter()
+    for _ in range(new_tokens):
+        out = model(nxt, cache=cache, use_cache=True)
+        cache, nxt = out.cache, out.logits[:, -1].argmax(-1, keepdim=True)
+    cached = (time.perf_counter() - start) / new_tokens
+    seq = ids
+    start = time.perf_counter()
+    for _ in range(nocache_tokens):
+        nxt = model(seq, use_cache=False, logits_to_keep=1).logits[:, -1].argmax(-1, keepdim=True)
+        seq = torch.cat([seq, nxt], dim=1)
+    uncached = (time.perf_counter() - start) / nocache_tokens
+    return {"cached_s_per_token": cached, "nocache_s_per_token": uncached, "speedup": uncached / cached}
+
+
+def run_kernel_bench(quick: bool = False) -> dict[str, float]:
+    """All kernel-level figures of issue 2 (and LaCT's once registered in `EXTRA_BENCHES`)."""
+    results: dict[str, float] = {"matmul_peak_gflops": matmul_peak_gflops()}
+    results.update(delta_rule_speed(T=512 if quick else 2048))
+    dec = decode_speed(load_model("deltanet-tiny"), prefix_len=1024 if quick else 4096,
+                       new_tokens=16 if quick else 64, nocache_tokens=4 if quick else 16)
+    results.update({f"deltanet_{k}": v for k, v in dec.items() if k != "speedup"})
+    results["deltanet_cached_vs_nocache_decode_speedup"] = dec["speedup"]
+    for extra in EXTRA_BENCHES:
+        results.update(extra(quick))
+    return results
+
+
+EXTRA_BENCHES: list = []

@@ -1,0 +1,34 @@
+"""`refine-bench bench ...`: benchmarks that print a table, then one JSON object on the last line."""
+
+from __future__ import annotations
+
+import platform
+
+import torch
+import typer
+
+from refine_bench.cli.output import print_json_line, print_table
+
+app = typer.Typer(no_args_is_help=True)
+
+
+def _report(results: dict[str, float], as_json: bool) -> None:
+    print_table([{"metric": k, "value": v} for k, v in results.items()], ["metric", "value"])
+    if as_json:
+        print_json_line(results)
+
+
+@app.command("kernels")
+def kernels_command(
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on the last line."),
+    quick: bool = typer.Option(False, "--quick", help="Smaller sizes (smoke test; not the issue's targets)."),
+    threads: int = typer.Option(0, help="torch threads (0 = torch's default)."),
+) -> None:
+    """Delta rule chunked vs recurrent, cached vs uncached decoding (and LaCT's figures once registered)."""
+    from refine_bench.bench.kernels_bench import run_kernel_bench
+
+    if threads:
+        torch.set_num_threads(threads)
+    typer.echo(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+               f"{torch.get_num_threads()} threads")
+    _report(run_kernel_bench(quick=quick), json_out)
