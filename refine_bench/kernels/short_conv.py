@@ -42,4 +42,4 @@ def causal_depthwise_conv1d(
     elif activation is not None:
         raise ValueError(f"activation must be 'silu' or None, got {activation!r}")
     new_state = full[..., full.shape[-1] - (W - 1) :] if W > 1 else full[..., :0]
-    return y.transpose(1, 2), new_state
+    return y.transpose(1, 2).contiguous(), new_state

@@ -21,6 +21,9 @@ from refine_bench.errors import UserInputError
 from refine_bench.models.cache import FastWeightCache
 from refine_bench.models.checkpoint import check_state_dict, load_state_dict, read_config_dict, rename_keys
 
+# transformers >= 5.2x names the output's cache `cache`; earlier releases call it `past_key_values`.
+_CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
 
 class FastWeightPreTrainedModel(PreTrainedModel):
     """Base class: causal LM over a recurrent fast-weight backbone.
@@ -111,14 +114,14 @@ class FastWeightPreTrainedModel(PreTrainedModel):
             shift_labels = labels[:, 1:].to(logits.device)
             loss = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
                                    ignore_index=-100)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache if use_cache else None,
-                                      hidden_states=all_hidden)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=all_hidden,
+                                      **{_CACHE_FIELD: cache if use_cache else None})
 
     @torch.no_grad()
     def prefill(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None) -> FastWeightCache:
         """Consume a prompt and return the cache (no logits kept beyond the last position)."""
         out = self(input_ids=input_ids, attention_mask=attention_mask, use_cache=True, logits_to_keep=1)
-        return out.cache
+        return out[_CACHE_FIELD]
 
     def forward_with_snapshots(
         self,
@@ -151,7 +154,7 @@ class FastWeightPreTrainedModel(PreTrainedModel):
                 use_cache=True,
                 output_hidden_states=output_hidden_states,
             )
-            cache = out.cache
+            cache = out[_CACHE_FIELD]
             logits.append(out.logits)
             if output_hidden_states:
                 hiddens.append(out.hidden_states[-1])
