@@ -40,3 +40,7 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# The paper's Tables 3-5 (Markdown, LaTeX, CSV) and plots, measured runs beside the published numbers.
+paper-tables: setup
+	$(BIN)/refine-bench tables --runs-dir results/runs --out results/paper

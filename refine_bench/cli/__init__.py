@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from refine_bench.cli import bench, models, run
+from refine_bench.cli import bench, models, report, run
 from refine_bench.errors import UserInputError
 
 app = typer.Typer(
@@ -19,6 +19,7 @@ app = typer.Typer(
 app.command("models", help="List the model zoo with parameter counts.")(models.models_command)
 app.command("run", help="Run the main job on a model (train with an arm, then evaluate).")(run.run_command)
 app.add_typer(bench.app, name="bench", help="Benchmarks printing a table and one JSON object on the last line.")
+report.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,191 @@
+"""CLI for the results store, paper tables, metric history, dashboard and regression check.
+
+Wiring (in refine_bench/cli/__init__.py): `register(main_app)` adds everything, or by hand:
+    main_app.add_typer(report.results_app, name="results")
+    main_app.add_typer(report.history_app, name="history")
+    main_app.command("tables")(report.tables)
+    main_app.command("dashboard")(report.dashboard)
+    main_app.command("regress")(report.regress)
+`app` holds the same commands on its own, for trying them directly.
+Exit codes: 0 ok, 1 a gating regression (regress), 2 bad input.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+
+from refine_bench.errors import UserInputError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_RUNS = Path("results/runs")
+DEFAULT_HISTORY = Path("results/history.jsonl")
+
+results_app = typer.Typer(help="List and inspect run records under results/runs.", no_args_is_help=True)
+history_app = typer.Typer(help="The metric history used by the dashboard and the regression check.",
+                          no_args_is_help=True)
+app = typer.Typer(help="Results, paper tables, history, dashboard and regression check.", no_args_is_help=True)
+
+
+def _user_errors(fn: F) -> F:
+    """Turn UserInputError into a one-line message and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserInputError as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2) from err
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _warn(lines: list[str]) -> None:
+    for line in lines:
+        typer.echo(f"warning: {line}", err=True)
+
+
+@results_app.command("ls")
+@_user_errors
+def results_ls(runs_dir: Path = typer.Option(DEFAULT_RUNS, "--runs-dir", help="Folder of run records."),
+               all_runs: bool = typer.Option(False, "--all", help="Include runs whose status is not ok.")) -> None:
+    """List runs, oldest first: id, kind, model, stages (mid/post/ttt), status, number of scores."""
+    from refine_bench.report.loader import load_runs, stages_key
+
+    runset = load_runs(runs_dir, include_failed=all_runs)
+    _warn(runset.warnings)
+    if not runset.runs:
+        typer.echo(f"no runs under {runs_dir}")
+        return
+    for run in runset.runs:
+        typer.echo(f"{run.run_id}  {run.meta.get('kind', '?'):5s}  {run.meta['model']:20s}  "
+                   f"{stages_key(run.stages):24s}  {run.meta.get('status')}  {len(run.scores)} scores")
+
+
+@results_app.command("show")
+@_user_errors
+def results_show(run: str = typer.Argument(..., help="Run id, unique id prefix, or run folder path."),
+                 runs_dir: Path = typer.Option(DEFAULT_RUNS, "--runs-dir")) -> None:
+    """Summarise one run: provenance from run.json and its scores."""
+    from refine_bench.report.loader import find_run, stages_key
+
+    rec = find_run(run, runs_dir)
+    meta = rec.meta
+    typer.echo(f"run      {rec.run_id}  ({rec.path})")
+    typer.echo(f"kind     {meta.get('kind')}   status {meta.get('status')}")
+    typer.echo(f"model    {meta.get('model')}   stages {stages_key(rec.stages)}   arm {meta.get('arm')} "
+               f"phase {meta.get('phase')}")
+    typer.echo(f"time     {meta.get('start_time')} -> {meta.get('end_time')}")
+    typer.echo(f"git      {meta.get('git_sha')}")
+    typer.echo(f"versions {json.dumps(meta.get('versions'))}")
+    typer.echo(f"device   {json.dumps(meta.get('device'))}")
+    typer.echo(f"seeds    {json.dumps(meta.get('seeds'))}")
+    typer.echo(f"command  {' '.join(map(str, meta.get('command') or []))}")
+    for s in rec.scores:
+        length = "" if s["length"] is None else f"@{s['length']}"
+        stderr = "" if s["stderr"] is None else f" ± {s['stderr']:.4f}"
+        n = "" if s["n"] is None else f" (n={s['n']})"
+        typer.echo(f"  {s['task']}{length}  {s['metric']} = {s['value']:.4f}{stderr}{n}")
+    n_train = len(rec.train_metrics())
+    if n_train:
+        typer.echo(f"train_metrics.jsonl: {n_train} step rows")
+
+
+@_user_errors
+def tables(runs_dir: Path = typer.Option(DEFAULT_RUNS, "--runs-dir", help="Folder of run records."),
+           out: Path = typer.Option(Path("results/paper"), "--out", help="Output folder."),
+           baselines: Path | None = typer.Option(None, "--baselines", help="Folder with paper_results.csv."),
+           plots: bool = typer.Option(True, "--plots/--no-plots", help="Also draw the PNG/PDF plots.")) -> None:
+    """Rebuild the paper's Tables 3, 4, 5 (Markdown, LaTeX, CSV), relative gains and plots."""
+    from refine_bench.report.build import build_paper
+
+    result = build_paper(runs_dir, out, baselines_dir=baselines, with_plots=plots)
+    _warn(result.warnings)
+    typer.echo(f"{result.n_runs} run(s) read, {len(result.warnings)} skipped; wrote {len(result.paths)} files "
+               f"to {out}")
+
+
+@_user_errors
+def dashboard(history: Path = typer.Option(DEFAULT_HISTORY, "--history", help="History JSONL."),
+              out: Path = typer.Option(Path("results/dashboard/index.html"), "--out"),
+              tolerance: float = typer.Option(0.05, "--tolerance", help="Relative change flagged as regression.")
+              ) -> None:
+    """Render the history as one self-contained HTML page (one chart per metric, regressions flagged)."""
+    from refine_bench.report.dashboard import write_dashboard
+    from refine_bench.report.history import read_history
+
+    path = write_dashboard(read_history(history), out, tolerance=tolerance)
+    typer.echo(f"wrote {path}")
+
+
+@_user_errors
+def regress(baseline: str = typer.Option(..., "--baseline",
+                                         help="'last' (previous commit in the history), a commit SHA prefix in "
+                                              "the history, or a path to another history file."),
+            history: Path = typer.Option(DEFAULT_HISTORY, "--history", help="History holding the current values."),
+            tolerance: float = typer.Option(0.05, "--tolerance", help="Relative tolerance (absolute at 0)."),
+            gate_speed: bool = typer.Option(False, "--gate-speed",
+                                            help="Let non-deterministic (timing) metrics fail the check too.")
+            ) -> None:
+    """Exit 1 if a deterministic metric is worse than the baseline beyond tolerance (timing metrics only flagged)."""
+    from refine_bench.report.regress import format_report, run_regress
+
+    comparisons, label = run_regress(history, baseline, tolerance=tolerance, gate_speed=gate_speed)
+    typer.echo(format_report(comparisons, label, tolerance), nl=False)
+    if any(c.fails for c in comparisons):
+        raise typer.Exit(1)
+
+
+@history_app.command("append")
+@_user_errors
+def history_append(source: Path = typer.Option(..., "--from", help="A run folder or a benchmark output file "
+                                                                   "whose last line is a JSON object."),
+                   history: Path = typer.Option(DEFAULT_HISTORY, "--history"),
+                   commit: str | None = typer.Option(None, "--commit", help="Default: git rev-parse HEAD."),
+                   benchmark: str | None = typer.Option(None, "--benchmark",
+                                                        help="Benchmark name for a benchmark JSON "
+                                                             "(default bench/<file stem>)."),
+                   machine: str | None = typer.Option(None, "--machine", help="Default: OS-arch-CPUs.")) -> None:
+    """Append a run's scores or a benchmark's numbers to the history."""
+    from refine_bench.report.history import append_rows, current_commit, rows_from_source
+
+    rows, warnings = rows_from_source(source, commit=commit or current_commit(), benchmark=benchmark,
+                                      machine=machine)
+    _warn(warnings)
+    n = append_rows(history, rows)
+    typer.echo(f"appended {n} row(s) to {history}")
+
+
+@history_app.command("export")
+@_user_errors
+def history_export(fmt: str = typer.Option("github-action-benchmark", "--format"),
+                   out: Path = typer.Option(..., "--out", help="Writes OUT-bigger.json and OUT-smaller.json."),
+                   history: Path = typer.Option(DEFAULT_HISTORY, "--history"),
+                   commit: str | None = typer.Option(None, "--commit", help="Default: newest commit in history.")
+                   ) -> None:
+    """Export one commit's metrics as customBiggerIsBetter / customSmallerIsBetter JSON lists."""
+    from refine_bench.report.history import export_github_action_benchmark, read_history
+
+    if fmt != "github-action-benchmark":
+        raise UserInputError(f"unknown export format {fmt!r}; supported: github-action-benchmark")
+    bigger, smaller = export_github_action_benchmark(read_history(history), out, commit=commit)
+    typer.echo(f"wrote {bigger} (customBiggerIsBetter) and {smaller} (customSmallerIsBetter)")
+
+
+def register(parent: typer.Typer) -> None:
+    """Add `results`, `history`, `tables`, `dashboard` and `regress` to `parent`."""
+    parent.add_typer(results_app, name="results")
+    parent.add_typer(history_app, name="history")
+    parent.command("tables")(tables)
+    parent.command("dashboard")(dashboard)
+    parent.command("regress")(regress)
+
+
+register(app)

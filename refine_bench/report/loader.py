@@ -1,0 +1,189 @@
+"""Read run folders under results/runs into Python objects and one tidy pandas DataFrame.
+
+Anything wrong with a run folder (missing or unreadable run.json, a bad scores line, status other than "ok")
+is turned into a warning naming the folder, and that folder is skipped; the other runs still load.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from refine_bench.errors import UserInputError
+from refine_bench.records import (
+    NIAH_DEPTHS_FILE,
+    RUN_JSON,
+    SCORES_FILE,
+    STAGE_ORDER,
+    TRAIN_METRICS_FILE,
+    arm_and_phase,
+    normalize_stages,
+    validate_score_row,
+)
+
+DEFAULT_RUNS_DIR = Path("results/runs")
+SCORE_COLUMNS = ["model", "arm", "phase", "stages", "mid", "post", "ttt", "task", "group", "length", "metric",
+                 "value", "stderr", "n", "run_id", "created", "kind"]
+
+
+@dataclass
+class Run:
+    """One published run folder."""
+
+    path: Path
+    meta: dict[str, Any]
+    scores: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def run_id(self) -> str:
+        return str(self.meta.get("run_id") or self.path.name)
+
+    @property
+    def stages(self) -> dict[str, str | None]:
+        return normalize_stages(self.meta.get("stages"))
+
+    @property
+    def created(self) -> str:
+        return str(self.meta.get("start_time") or "")
+
+    def read_jsonl(self, name: str) -> list[dict[str, Any]]:
+        """Rows of a JSONL file in the run folder; unreadable lines are skipped."""
+        return read_jsonl_lenient(self.path / name)
+
+    def train_metrics(self) -> list[dict[str, Any]]:
+        return self.read_jsonl(TRAIN_METRICS_FILE)
+
+    def niah_depths(self) -> list[dict[str, Any]]:
+        return self.read_jsonl(NIAH_DEPTHS_FILE)
+
+
+@dataclass
+class RunSet:
+    """All runs that loaded, plus one warning per folder that did not."""
+
+    runs: list[Run]
+    warnings: list[str]
+
+    def frame(self) -> pd.DataFrame:
+        return scores_frame(self.runs)
+
+
+def stages_key(stages: dict[str, str | None]) -> str:
+    """Compact, sortable text form of a stages dict: 'mid/post/ttt' arms, '-' for a stage not run."""
+    return "/".join(stages.get(s) or "-" for s in STAGE_ORDER)
+
+
+def read_jsonl_lenient(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            rows.append(obj)
+    return rows
+
+
+def load_run(path: Path) -> Run:
+    """Load one run folder strictly; raises UserInputError naming the problem."""
+    meta_path = path / RUN_JSON
+    if not meta_path.is_file():
+        raise UserInputError(f"{path}: no {RUN_JSON}")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserInputError(f"{meta_path}: not valid JSON ({err})") from err
+    if not isinstance(meta, dict):
+        raise UserInputError(f"{meta_path}: expected a JSON object")
+    for key in ("kind", "model"):
+        if not isinstance(meta.get(key), str):
+            raise UserInputError(f"{meta_path}: missing or invalid {key!r}")
+    normalize_stages(meta.get("stages"))
+    scores = []
+    scores_path = path / SCORES_FILE
+    if scores_path.is_file():
+        for lineno, line in enumerate(scores_path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                scores.append(validate_score_row(json.loads(line)))
+            except (json.JSONDecodeError, UserInputError) as err:
+                raise UserInputError(f"{scores_path}:{lineno}: bad score row ({err})") from err
+    return Run(path=path, meta=meta, scores=scores)
+
+
+def load_runs(runs_dir: Path = DEFAULT_RUNS_DIR, *, include_failed: bool = False) -> RunSet:
+    """Load every published run under `runs_dir` (hidden in-progress folders are ignored).
+
+    Runs whose status is not "ok" are skipped with a warning unless `include_failed`.
+    """
+    runs: list[Run] = []
+    warnings: list[str] = []
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        return RunSet(runs, warnings)
+    for child in sorted(runs_dir.iterdir()):
+        if child.name.startswith(".") or not child.is_dir():
+            continue
+        try:
+            run = load_run(child)
+        except (UserInputError, OSError) as err:
+            warnings.append(f"skipped run folder: {err}")
+            continue
+        status = run.meta.get("status")
+        if status != "ok" and not include_failed:
+            warnings.append(f"skipped run folder: {child}: status is {status!r}, not 'ok'")
+            continue
+        runs.append(run)
+    runs.sort(key=lambda r: (r.created, r.run_id))
+    return RunSet(runs, warnings)
+
+
+def scores_frame(runs: list[Run]) -> pd.DataFrame:
+    """All score rows of `runs` as one DataFrame (columns SCORE_COLUMNS, values as stored: fractions)."""
+    records = []
+    for run in runs:
+        stages = run.stages
+        arm, phase = arm_and_phase(stages)
+        for row in run.scores:
+            records.append({
+                "model": run.meta["model"], "arm": arm, "phase": phase, "stages": stages_key(stages),
+                "mid": stages["mid"], "post": stages["post"], "ttt": stages["ttt"],
+                "task": row["task"], "group": row["group"], "length": row["length"], "metric": row["metric"],
+                "value": row["value"], "stderr": row["stderr"], "n": row["n"],
+                "run_id": run.run_id, "created": run.created, "kind": run.meta.get("kind"),
+            })
+    frame = pd.DataFrame.from_records(records, columns=SCORE_COLUMNS)
+    frame["length"] = frame["length"].astype("Int64")
+    frame["n"] = frame["n"].astype("Int64")
+    frame["value"] = frame["value"].astype(float)
+    frame["stderr"] = frame["stderr"].astype(float)
+    return frame
+
+
+def find_run(ref: str, runs_dir: Path = DEFAULT_RUNS_DIR) -> Run:
+    """A run by folder path, exact run id or unique run-id prefix (failed runs included)."""
+    as_path = Path(ref)
+    if as_path.is_dir() and (as_path / RUN_JSON).exists():
+        return load_run(as_path)
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise UserInputError(f"no runs folder {runs_dir}")
+    names = sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if ref in names:
+        return load_run(runs_dir / ref)
+    matches = [n for n in names if n.startswith(ref)]
+    if not matches:
+        raise UserInputError(f"no run {ref!r} under {runs_dir}")
+    if len(matches) > 1:
+        raise UserInputError(f"run prefix {ref!r} is ambiguous: {', '.join(matches[:5])}")
+    return load_run(runs_dir / matches[0])
