@@ -1,0 +1,1 @@
+"""Training: objectives (NTP, REFINE), the trainer and the phase presets."""
