@@ -9,6 +9,7 @@ import time
 
 import torch
 
+from refine_bench.bench.lact_bench import lact_bench
 from refine_bench.bench.timing import best_time, matmul_peak_gflops
 from refine_bench.kernels import delta_rule_chunked, delta_rule_recurrent
 from refine_bench.models.base import FastWeightPreTrainedModel
@@ -75,16 +76,12 @@ def decode_speed(model: FastWeightPreTrainedModel, prefix_len: int = 4096, new_t
 
 
 def run_kernel_bench(quick: bool = False) -> dict[str, float]:
-    """All kernel-level figures of issue 2 (and LaCT's once registered in `EXTRA_BENCHES`)."""
+    """All kernel-level figures: delta rule, DeltaNet decoding, and LaCT's (see `lact_bench`)."""
     results: dict[str, float] = {"matmul_peak_gflops": matmul_peak_gflops()}
     results.update(delta_rule_speed(T=512 if quick else 2048))
     dec = decode_speed(load_model("deltanet-tiny"), prefix_len=1024 if quick else 4096,
                        new_tokens=16 if quick else 64, nocache_tokens=4 if quick else 16)
     results.update({f"deltanet_{k}": v for k, v in dec.items() if k != "speedup"})
     results["deltanet_cached_vs_nocache_decode_speedup"] = dec["speedup"]
-    for extra in EXTRA_BENCHES:
-        results.update(extra(quick))
+    results.update(lact_bench(quick))
     return results
-
-
-EXTRA_BENCHES: list = []

@@ -13,7 +13,7 @@ def models_command() -> None:
             "name": e.name,
             "family": e.family,
             "params": f"{count_parameters(e) / 1e6:,.1f}M",
-            "weights": e.hub_id or "random init (seeded)",
+            "weights": "random init (seeded)" if e.seeded_init else e.hub_id or "local checkpoint only",
             "description": e.description,
         }
         for e in list_models()

@@ -18,6 +18,7 @@ from refine_bench.errors import UserInputError
 from refine_bench.models.base import FastWeightPreTrainedModel
 from refine_bench.models.checkpoint import read_config_dict
 from refine_bench.models.deltanet import DeltaNetConfig, DeltaNetForCausalLM
+from refine_bench.models.lact import LaCTForCausalLM, lact_760m_config, lact_tiny_config
 from refine_bench.models.tokenizer import load_tiny_tokenizer
 
 TINY_TOKENIZER = "tiny"
@@ -34,10 +35,7 @@ class ZooEntry:
     model_class: type[FastWeightPreTrainedModel]
     hub_id: str | None = None
     tokenizer: str = TINY_TOKENIZER
-
-    @property
-    def has_released_weights(self) -> bool:
-        return self.hub_id is not None
+    seeded_init: bool = False  # weights are a seeded random init by design (the tiny CPU models)
 
 
 def _deltanet_1_3b() -> DeltaNetConfig:
@@ -57,12 +55,18 @@ MODELS: dict[str, ZooEntry] = {
                  _deltanet_1_3b, DeltaNetForCausalLM, hub_id="fla-hub/delta_net-1.3B-100B",
                  tokenizer="fla-hub/delta_net-1.3B-100B"),
         ZooEntry("deltanet-tiny", "deltanet", "2-layer DeltaNet for CPUs and CI (random init, project tokenizer)",
-                 _deltanet_tiny, DeltaNetForCausalLM),
+                 _deltanet_tiny, DeltaNetForCausalLM, seeded_init=True),
+        ZooEntry("lact-760m", "lact", "LaCT-760M (LaCT repo's 760M config: SWA 2048 + SwiGLU fast weights, chunk "
+                 "2048); no public checkpoint", lact_760m_config, LaCTForCausalLM,
+                 tokenizer="fla-hub/transformer-1.3B-100B"),
+        ZooEntry("lact-tiny", "lact", "2-layer LaCT for CPUs and CI (chunk 64, window 64; random init, project "
+                 "tokenizer)", lact_tiny_config, LaCTForCausalLM, seeded_init=True),
     ]
 }
 
 ARCHITECTURES: dict[str, type[FastWeightPreTrainedModel]] = {
     "delta_net": DeltaNetForCausalLM,
+    "lact_swiglu": LaCTForCausalLM,
 }
 
 
@@ -121,12 +125,18 @@ def load_model(
 ) -> FastWeightPreTrainedModel:
     """Load a model by zoo name, local checkpoint directory or hub id, in eval mode.
 
-    Zoo models without released weights (the tiny ones), and any zoo model with random_init=True, are
-    initialised from `seed`, so the same name and seed always give the same weights. A real-size zoo name
-    resolves to its hub checkpoint, which needs a reachable hub or a populated HF cache.
+    The tiny zoo models, and any zoo model with random_init=True (benchmarks), are initialised from `seed`,
+    so the same name and seed always give the same weights. A real-size zoo name resolves to its hub
+    checkpoint, which needs a reachable hub or a populated HF cache; one without a public checkpoint
+    (lact-760m) needs a local checkpoint directory instead.
     """
     entry, directory = resolve_checkpoint(name_or_path)
-    if entry is not None and (random_init or not entry.has_released_weights):
+    if entry is not None and not (random_init or entry.seeded_init) and entry.hub_id is None:
+        raise UserInputError(
+            f"{entry.name} has no public checkpoint: pass the local directory of a trained checkpoint "
+            "(config.json + *.safetensors) as --model, or use random weights explicitly (random_init=True)"
+        )
+    if entry is not None and (random_init or entry.seeded_init):
         # Built directly on the target device (a 1.3B init on a GPU takes a second, on a CPU a minute);
         # the CPU generator is seeded either way, so weights depend only on the seed for a given device type.
         with torch.random.fork_rng(devices=[]), torch.device(device or "cpu"):

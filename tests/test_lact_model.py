@@ -1,0 +1,258 @@
+"""LaCT model: state carry, fast-weight updates, cached and left-padded generation, snapshots and gradients,
+checkpoints in the LaCT repo's key layout, the 760M config, and config errors (fp32, CPU)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from refine_bench.errors import CheckpointError, UserInputError
+from refine_bench.models.lact import LaCTConfig, LaCTForCausalLM, lact_760m_config, lact_tiny_config
+
+VOCAB, CHUNK, WINDOW = 97, 8, 6
+
+
+def small_config(**overrides) -> LaCTConfig:
+    kwargs = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attn_heads=4, num_lact_heads=2,
+                  intermediate_size=48, w0_w2_low_rank=4, lact_chunk_size=CHUNK, window_size=WINDOW,
+                  max_position_embeddings=4096, use_momentum=True,
+                  initializer_range=0.3)  # well-separated logits: greedy comparisons free of near-ties
+    kwargs.update(overrides)
+    return lact_tiny_config(**kwargs)
+
+
+@pytest.fixture(scope="module")
+def model() -> LaCTForCausalLM:
+    torch.manual_seed(0)
+    return LaCTForCausalLM(small_config()).eval()
+
+
+def ids(B=2, T=30, seed=0):
+    return torch.randint(3, VOCAB, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+def fast_weights(cache, layer=0):
+    return [cache.layers[layer][k] for k in ("w0", "w1", "w2")]
+
+
+@pytest.mark.parametrize("muon", [False, True])
+@pytest.mark.parametrize("cuts", [[1], [5], [8], [13], [29], [3, 11, 20]])
+def test_forward_in_pieces_equals_one(cuts, muon):
+    torch.manual_seed(0)
+    m = LaCTForCausalLM(small_config(use_muon=muon, muon_fp32=True)).eval()  # bf16 NS: not split-exact
+    x = ids()
+    with torch.no_grad():
+        one = m(x, use_cache=True)
+        cache, logits = None, []
+        bounds = [0, *cuts, x.shape[1]]
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            out = m(x[:, a:b], cache=cache, use_cache=True)
+            cache = out.cache
+            logits.append(out.logits)
+    torch.testing.assert_close(torch.cat(logits, 1), one.logits, atol=1e-4, rtol=1e-4)
+    assert cache.get_seq_length() == x.shape[1]
+    for layer in range(2):
+        for key, val in one.cache.layers[layer].items():
+            torch.testing.assert_close(cache.layers[layer][key], val, atol=1e-4, rtol=1e-4, msg=key)
+
+
+def test_short_inputs_keep_the_initial_fast_weights_longer_ones_update(model):
+    with torch.no_grad():
+        short = model(ids(B=1, T=CHUNK - 1), use_cache=True).cache
+        long = model(ids(B=1, T=CHUNK + 1), use_cache=True).cache
+        init = model.model.layers[0].attn.initial_fast_weights()
+    for w_short, w_long, w0 in zip(fast_weights(short), fast_weights(long), init, strict=True):
+        assert torch.equal(w_short[0], w0)
+        assert (w_long[0] - w0).abs().max() > 1e-5  # base lr 1e-3: small but real steps
+
+
+def greedy_by_full_forwards(model, x, n, eos=2):
+    """Argmax of a full forward per step; once a row emits EOS it continues with pad (= eos), like generate."""
+    seq = x
+    done = torch.zeros(x.shape[0], dtype=torch.bool)
+    with torch.no_grad():
+        for _ in range(n):
+            nxt = model(seq).logits[:, -1].argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
+            done |= nxt == eos
+            seq = torch.cat([seq, nxt[:, None]], 1)
+    return seq
+
+
+def test_cached_generate_equals_argmax_of_full_forwards_across_chunk_boundaries(model):
+    x = ids(T=10)
+    lengths = []
+    hook = model.model.register_forward_pre_hook(
+        lambda mod, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
+    try:
+        out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=20, do_sample=False)
+    finally:
+        hook.remove()
+    # 10 + 20 tokens with chunk 8: the fast weights update at 16 and 24 while decoding
+    assert lengths[0] == 10 and set(lengths[1:]) == {1}
+    assert torch.equal(out, greedy_by_full_forwards(model, x, 20))
+
+
+def test_left_padded_rows_equal_the_unpadded_sequences(model):
+    short, long = ids(B=1, T=9, seed=1), ids(B=1, T=15, seed=2)
+    pad = model.config.pad_token_id
+    batch = torch.cat([torch.cat([torch.full((1, 6), pad), short], 1), long], 0)
+    mask = torch.cat([torch.cat([torch.zeros(1, 6), torch.ones(1, 9)], 1), torch.ones(1, 15)], 0).long()
+    with torch.no_grad():
+        padded = model(batch, attention_mask=mask, use_cache=True)
+        alone = model(short, use_cache=True)
+    torch.testing.assert_close(padded.logits[0, 6:], alone.logits[0], atol=1e-4, rtol=1e-4)
+    for layer in range(2):
+        for key, val in alone.cache.layers[layer].items():
+            torch.testing.assert_close(padded.cache.layers[layer][key][:1], val, atol=1e-5, rtol=1e-5, msg=key)
+    out = model.generate(batch, attention_mask=mask, max_new_tokens=12, do_sample=False)
+    assert torch.equal(out[0, 6:], greedy_by_full_forwards(model, short, 12)[0])
+    assert torch.equal(out[1], greedy_by_full_forwards(model, long, 12)[0])
+
+
+def test_snapshots_equal_prefix_states_and_full_logits(model):
+    x = ids(T=30)
+    positions = [5, 16, 21]
+    with torch.no_grad():
+        logits, hidden, snaps = model.forward_with_snapshots(x, positions)
+        full = model(x, output_hidden_states=True)
+    torch.testing.assert_close(logits, full.logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(hidden, full.hidden_states[-1], atol=1e-5, rtol=1e-5)
+    for p, snap in zip(positions, snaps, strict=True):
+        with torch.no_grad():
+            ref = model(x[:, :p], use_cache=True).cache
+        assert snap.get_seq_length() == p
+        for a, b in zip(fast_weights(snap, 1), fast_weights(ref, 1), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_snapshots_of_a_left_padded_batch_cut_inside_the_padding(model):
+    x = ids(T=30)
+    mask = torch.ones_like(x)
+    mask[0, :12] = 0
+    with torch.no_grad():
+        logits, _, snaps = model.forward_with_snapshots(x, [5, 12, 20], attention_mask=mask)
+        alone = model(x[:1, 12:]).logits
+    assert [s.layers[0]["seen"].tolist() for s in snaps] == [[0, 5], [0, 12], [8, 20]]
+    torch.testing.assert_close(logits[0, 12:], alone[0], atol=1e-4, rtol=1e-4)
+
+
+def test_branch_gradient_flows_into_prefix_and_matches_unsplit_computation():
+    torch.manual_seed(0)
+    m = LaCTForCausalLM(small_config(initializer_range=0.05))
+    x, cont, p = ids(B=1, T=12), ids(B=1, T=7, seed=3), 12  # the branch completes chunk 2 (16 tokens)
+    params = dict(m.named_parameters())
+    m.zero_grad()
+    _, _, (snap,) = m.forward_with_snapshots(x, [p])
+    out = m(cont.repeat(2, 1), cache=snap.repeat_interleave(2), use_cache=True)
+    (out.logits.logsumexp(-1).sum() / 2).backward()
+    split = {k: v.grad.clone() for k, v in params.items()}
+    m.zero_grad()
+    m(torch.cat([x, cont], 1)).logits[:, p:].logsumexp(-1).sum().backward()
+    assert split["model.layers.0.attn.w0.w_left"].abs().sum() > 0
+    for k, v in params.items():
+        torch.testing.assert_close(split[k], v.grad, atol=1e-5, rtol=1e-4, msg=k)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def lact_repo_keys(cfg: LaCTConfig) -> dict[str, tuple[int, ...]]:
+    """The state-dict layout of the LaCT repo's LaCTForCausalLM (lact_model/modeling_lact.py and
+    layer_lact_swiglu.py) for a low-rank, momentum, learnable-ttt-scale config, written out by hand."""
+    h, H, r, inner = cfg.hidden_size, cfg.num_lact_heads, cfg.w0_w2_low_rank, cfg.intermediate_size
+    d = h // H
+    keys = {"model.embeddings.weight": (cfg.vocab_size, h), "model.norm.weight": (h,),
+            "lm_head.weight": (cfg.vocab_size, h)}
+    for i in range(cfg.num_hidden_layers):
+        p = f"model.layers.{i}."
+        keys.update({
+            p + "attn_norm.weight": (h,), p + "mlp_norm.weight": (h,),
+            p + "attn.qkv.weight": (3 * h, h), p + "attn.o_proj.weight": (h, h),
+            p + "attn.w0.w_left": (H, d, r), p + "attn.w0.w_right": (H, r, d),
+            p + "attn.w2.w_left": (H, d, r), p + "attn.w2.w_right": (H, r, d),
+            p + "attn.w1": (H, d, d),
+            p + "attn.lr_proj.weight": (3 * H, h), p + "attn.lr_proj.bias": (3 * H,),
+            p + "attn.qk_scale": (h, 2), p + "attn.qk_offset": (h, 2),
+            p + "attn.ttt_scale_proj.weight": (H, h), p + "attn.ttt_scale_proj.bias": (H,),
+            p + "attn.ttt_norm.weight": (d,),
+            p + "attn.momentum_proj.0.weight": (H, h), p + "attn.momentum_proj.0.bias": (H,),
+            p + "mlp.gate_proj.weight": (inner, h), p + "mlp.up_proj.weight": (inner, h),
+            p + "mlp.down_proj.weight": (h, inner),
+        })
+    return keys
+
+
+def write_repo_checkpoint(directory, cfg, drop=(), reshape=None):
+    g = torch.Generator().manual_seed(0)
+    state = {k: torch.randn(*shape, generator=g) * 0.1 for k, shape in lact_repo_keys(cfg).items() if k not in drop}
+    if reshape:
+        state[reshape] = torch.zeros(3, 3)
+    # a config.json as the repo writes it (its speed-only switches included)
+    config = {k: v for k, v in cfg.to_dict().items() if k not in ("muon_fp32",)}
+    config.update(fuse_norm=True, fuse_swiglu=True, fuse_cross_entropy=True, use_fused_kernel=False,
+                  last_layer_fuse_norm=True, fp32_states=False, architectures=["LaCTForCausalLM"])
+    (directory / "config.json").write_text(json.dumps(config))
+    save_file(state, str(directory / "model.safetensors"))
+    return state
+
+
+def test_checkpoint_with_lact_repo_keys_loads_exactly(tmp_path):
+    cfg = small_config()
+    state = write_repo_checkpoint(tmp_path, cfg)
+    m = LaCTForCausalLM.from_pretrained(tmp_path)
+    loaded = m.state_dict()
+    assert set(loaded) == set(state)
+    for k, v in state.items():
+        assert torch.equal(loaded[k], v), k
+    # save_pretrained / from_pretrained round trip is bit-exact
+    m.save_pretrained(tmp_path / "copy", safe_serialization=True)
+    again = LaCTForCausalLM.from_pretrained(tmp_path / "copy")
+    x = ids(B=1, T=12)
+    with torch.no_grad():
+        assert torch.equal(m(x).logits, again(x).logits)
+
+
+def test_checkpoint_with_missing_or_misshaped_fast_weight_keys_names_them(tmp_path):
+    cfg = small_config()
+    write_repo_checkpoint(tmp_path, cfg, drop=("model.layers.1.attn.w1",), reshape="model.layers.0.attn.w0.w_left")
+    with pytest.raises(CheckpointError) as err:
+        LaCTForCausalLM.from_pretrained(tmp_path)
+    assert "model.layers.1.attn.w1" in str(err.value)
+    assert "model.layers.0.attn.w0.w_left" in str(err.value)
+
+
+def test_760m_config_on_meta_has_the_hand_counted_parameters():
+    cfg = lact_760m_config()
+    with torch.device("meta"):
+        m = LaCTForCausalLM(cfg)
+    h, L, V, H, d, r, inner = 1536, 24, 32000, 4, 384, 32, 4096
+    per_layer = (
+        h + 3 * h * h + h * h  # attn_norm, qkv, o_proj
+        + 2 * (H * d * r + H * r * d) + H * d * d  # w0, w2 (low rank), w1
+        + (3 * H * h + 3 * H) + 2 * (h * 2)  # lr_proj, qk_scale, qk_offset
+        + 2 * (H * h + H) + d  # ttt_scale_proj, momentum_proj, ttt_norm
+        + h + 3 * h * inner  # mlp_norm, SwiGLU MLP
+    )
+    expected = 2 * V * h + h + L * per_layer
+    assert expected == 797_625_312
+    assert sum(p.numel() for p in m.parameters()) == expected
+    assert set(lact_repo_keys(cfg)) == set(m.state_dict())
+    assert cfg.mlp_intermediate_size == 4096 and cfg.head_dim == 64 and cfg.fw_head_dim == 384
+
+
+@pytest.mark.parametrize("field,value", [("lact_chunk_size", 0), ("window_size", -1), ("lact_chunk_size", 10**6),
+                                         ("window_size", 2.5), ("ttt_prenorm", True)])
+def test_bad_config_names_the_field(field, value):
+    with pytest.raises(UserInputError, match=field):
+        small_config(**{field: value})
+
+
+def test_tiny_config_updates_fast_weights_on_short_inputs():
+    cfg = lact_tiny_config()
+    assert cfg.lact_chunk_size <= 64 and cfg.vocab_size == 512
