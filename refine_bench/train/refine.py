@@ -9,7 +9,7 @@ sampled tokens gives the log-probs and the policy's hidden states.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -65,12 +65,15 @@ class SequenceTerms:
 
 @dataclass
 class Rollouts:
+    """The c * n rollouts of one sequence (n consecutive rows per start position)."""
+
     starts: list[int]
     tokens: torch.Tensor  # [c * n, k]
-    old_logp: torch.Tensor  # [c * n, k]
-    logp: torch.Tensor  # [c * n, k], on the graph
+    old_logp: torch.Tensor  # [c * n, k], from the sampling policy
+    logp: torch.Tensor | None  # [c * n, k], on the graph once `sequence_terms` ran
     rewards: torch.Tensor  # [c * n]
     groups: torch.Tensor  # [c * n]
+    entropy_mean: float = 0.0
 
 
 def ntp_sum(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
@@ -112,56 +115,80 @@ def _score(model: FastWeightPreTrainedModel, state: FastWeightCache, first_logit
     return logp, out.hidden_states[-1]
 
 
+@torch.no_grad()
+def collect_rollouts(
+    model: FastWeightPreTrainedModel, ids: torch.Tensor, cfg: RefineConfig, generator: torch.Generator | None = None
+) -> Rollouts:
+    """Rollout phase for one unpadded sequence ids [1, S]: positions, samples, old log-probs, rewards.
+
+    Runs without grad with the current (old) policy; `sequence_terms` later recomputes the log-probs with
+    grad, so several optimiser steps can share rollouts collected before the first of them (PPO).
+    """
+    if ids.dim() != 2 or ids.shape[0] != 1:
+        raise ValueError(f"ids must have shape [1, S] (one unpadded sequence), got {list(ids.shape)}")
+    entropy = next_token_entropy(model(ids).logits)[0]
+    smoothed = smooth_entropy(entropy[None], cfg.smooth_kernel or cfg.rollout_len)[0]
+    starts = select_rollout_starts(smoothed, cfg.num_chunks, strategy=cfg.selection,
+                                   temperature=cfg.selection_temperature, margin=cfg.margin, generator=generator)
+    logits, hidden, snapshots = model.forward_with_snapshots(ids, starts, detach=True)
+    k, n = cfg.rollout_len, cfg.num_rollouts
+    all_tokens, all_old, all_rewards = [], [], []
+    for s, state in zip(starts, snapshots, strict=True):
+        tokens, old_logp = _sample(model, state, logits[0, s - 1], cfg, generator)
+        _, h_pred = _score(model, state, logits[0, s - 1], tokens, cfg)
+        h_gt = hidden[0, s : s + k].expand(n, -1, -1)
+        all_rewards.append(rollout_rewards(cfg.reward, h_pred, h_gt, tokens, ids[0, s : s + k].expand(n, -1)))
+        all_tokens.append(tokens)
+        all_old.append(old_logp)
+    rewards = torch.cat(all_rewards)
+    positions = torch.arange(len(starts)).repeat_interleave(n)
+    groups = torch.zeros_like(positions) if n == 1 else positions
+    return Rollouts(starts, torch.cat(all_tokens), torch.cat(all_old), None, rewards, groups,
+                    float(entropy.mean()))
+
+
+def sequence_terms(
+    model: FastWeightPreTrainedModel, ids: torch.Tensor, cfg: RefineConfig, rollouts: Rollouts | None
+) -> SequenceTerms:
+    """Loss terms with grad for one unpadded sequence: NTP over it, plus GRPO on `rollouts` when given.
+
+    The GRPO log-probs come from branching the grad-carrying snapshots of the teacher-forced pass, so the
+    gradient flows back through the prefix's fast-weight state. Sets `rollouts.logp`.
+    """
+    if rollouts is None:
+        logits = model(ids).logits
+        loss, count = ntp_sum(logits, ids)
+        return SequenceTerms(loss, count, logits.new_zeros(()), 0)
+    logits, _, snapshots = model.forward_with_snapshots(ids, rollouts.starts, output_hidden_states=False)
+    ntp, ntp_tokens = ntp_sum(logits, ids)
+    n = cfg.num_rollouts
+    logps = []
+    for i, (s, state) in enumerate(zip(rollouts.starts, snapshots, strict=True)):
+        logp, _ = _score(model, state, logits[0, s - 1], rollouts.tokens[i * n : (i + 1) * n], cfg)
+        logps.append(logp)
+    rollouts.logp = torch.cat(logps)
+    advantages = group_advantages(rollouts.rewards, rollouts.groups).to(rollouts.logp.device)
+    per_token = clipped_surrogate(rollouts.logp, rollouts.old_logp, advantages, cfg.clip_low, cfg.clip_high,
+                                  cfg.dual_clip)
+    r, g = rollouts.rewards, rollouts.groups
+    stats = {
+        "reward_mean": float(r.mean()),
+        "reward_std": float(r.std()) if r.numel() > 1 else 0.0,
+        "frac_reward_zero_std": _frac_zero_std(r, g),
+        "entropy_mean": rollouts.entropy_mean,
+    }
+    return SequenceTerms(ntp, ntp_tokens, per_token.sum(), per_token.numel(), stats)
+
+
 def refine_sequence_terms(
     model: FastWeightPreTrainedModel,
     ids: torch.Tensor,
     cfg: RefineConfig,
     generator: torch.Generator | None = None,
-    with_rl: bool = True,
-) -> tuple[SequenceTerms, Rollouts | None]:
-    """NTP and GRPO terms for one unpadded sequence ids [1, S]."""
-    if ids.dim() != 2 or ids.shape[0] != 1:
-        raise ValueError(f"ids must have shape [1, S] (one unpadded sequence), got {list(ids.shape)}")
-    if not with_rl:
-        logits = model(ids).logits
-        loss, count = ntp_sum(logits, ids)
-        return SequenceTerms(loss, count, logits.new_zeros(()), 0), None
-
-    with torch.no_grad():
-        entropy = next_token_entropy(model(ids).logits)[0]
-    smoothed = smooth_entropy(entropy[None], cfg.smooth_kernel or cfg.rollout_len)[0]
-    starts = select_rollout_starts(smoothed, cfg.num_chunks, strategy=cfg.selection,
-                                   temperature=cfg.selection_temperature, margin=cfg.margin, generator=generator)
-    logits, hidden, snapshots = model.forward_with_snapshots(ids, starts)
-    ntp, ntp_tokens = ntp_sum(logits, ids)
-
-    k, n = cfg.rollout_len, cfg.num_rollouts
-    all_tokens, all_old, all_logp, all_rewards = [], [], [], []
-    for s, state in zip(starts, snapshots, strict=True):
-        first_logits = logits[0, s - 1]
-        tokens, old_logp = _sample(model, state, first_logits, cfg, generator)
-        logp, h_pred = _score(model, state, first_logits, tokens, cfg)
-        target = ids[0, s : s + k].expand(n, -1)
-        h_gt = hidden[0, s : s + k].detach().expand(n, -1, -1)
-        all_rewards.append(rollout_rewards(cfg.reward, h_pred.detach(), h_gt, tokens, target))
-        all_tokens.append(tokens)
-        all_old.append(old_logp)
-        all_logp.append(logp)
-    rewards = torch.cat(all_rewards)
-    positions = torch.arange(len(starts)).repeat_interleave(n)
-    groups = torch.zeros_like(positions) if n == 1 else positions
-    advantages = group_advantages(rewards, groups)
-    logp = torch.cat(all_logp)
-    per_token = clipped_surrogate(logp, torch.cat(all_old), advantages.to(logp.device), cfg.clip_low, cfg.clip_high,
-                                  cfg.dual_clip)
-    rollouts = Rollouts(starts, torch.cat(all_tokens), torch.cat(all_old), logp, rewards, groups)
-    stats = {
-        "reward_mean": float(rewards.mean()),
-        "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
-        "frac_reward_zero_std": _frac_zero_std(rewards, groups),
-        "entropy_mean": float(entropy.mean()),
-    }
-    return SequenceTerms(ntp, ntp_tokens, per_token.sum(), per_token.numel(), stats), rollouts
+) -> tuple[SequenceTerms, Rollouts]:
+    """On-policy REFINE terms for one sequence: collect rollouts, then the grad-carrying loss terms."""
+    rollouts = collect_rollouts(model, ids, cfg, generator)
+    return sequence_terms(model, ids, cfg, rollouts), rollouts
 
 
 def _frac_zero_std(rewards: torch.Tensor, groups: torch.Tensor) -> float:
@@ -169,7 +196,3 @@ def _frac_zero_std(rewards: torch.Tensor, groups: torch.Tensor) -> float:
     flat = [float(rewards[groups == g].std()) == 0.0 if int((groups == g).sum()) > 1 else True
             for g in groups.unique()]
     return sum(flat) / len(flat)
-
-
-def config_dict(cfg: RefineConfig) -> dict:
-    return asdict(cfg)
