@@ -139,19 +139,18 @@ def deltanet_throughput(B=4, T=2048) -> dict[str, float]:
     return results
 
 
-def lact_sections() -> dict[str, float]:
-    """LaCT at the 760M shape, when the LaCT model is available."""
-    try:
-        from refine_bench.models import lact  # noqa: F401
-        from refine_bench.models.zoo import MODELS
-    except ImportError:
-        return {}
-    if "lact-760m" not in MODELS:
-        return {}
-    from refine_bench.models.zoo import load_model
+def lact_sections(B: int = 2, T: int = 8192) -> dict[str, float]:
+    """LaCT at the 760M shape: bf16 vs fp32 logits (4096 tokens = two fast-weight chunks), one layer and the
+    whole model forward+backward tokens/s with peak memory."""
+    from refine_bench.models.lact import LaCTBlock
+    from refine_bench.models.zoo import MODELS, load_model
 
-    results = model_parity("lact-760m")
-    B, T = 2, 8192
+    results = model_parity("lact-760m", T=4096)
+    cfg = MODELS["lact-760m"].make_config()
+    results.update(throughput(
+        lambda: _LayerOnly(LaCTBlock(cfg, 0)).to("cuda", torch.bfloat16),
+        lambda: torch.randn(B, T, cfg.hidden_size, device="cuda", dtype=torch.bfloat16, requires_grad=True),
+        B * T, "lact_layer"))
     results.update(throughput(
         lambda: load_model("lact-760m", dtype=torch.bfloat16, device="cuda", random_init=True),
         lambda: torch.randint(3, 32000, (B, T), device="cuda"), B * T, "lact_760m_model"))
@@ -179,11 +178,14 @@ def main() -> None:
         try:
             part = section()
         except Exception as exc:  # report and go on: one broken section must not hide the others
+            import traceback
+
+            traceback.print_exc()
             part = {f"error_{getattr(section, '__name__', 'section')}": f"{type(exc).__name__}: {exc}"}
         for k, v in part.items():
             print(f"{k:55s} {v:.6g}" if isinstance(v, float) else f"{k:55s} {v}", flush=True)
         results.update(part)
-    parity = {k: v for k, v in results.items() if k.endswith("rel_err")}
+    parity = {k: v for k, v in results.items() if k.startswith("delta_") and k.endswith("rel_err")}
     results["parity_ok"] = all(v < TOLERANCE for v in parity.values())
     with open(args.out, "w") as fh:
         json.dump({"info": info, "results": results, "tolerance": TOLERANCE}, fh, indent=1)
