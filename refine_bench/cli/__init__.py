@@ -7,6 +7,7 @@ import sys
 import typer
 
 from refine_bench.cli import bench, models, report, run
+from refine_bench.cli import eval as eval_cli
 from refine_bench.errors import UserInputError
 
 app = typer.Typer(
@@ -18,6 +19,9 @@ app = typer.Typer(
 )
 app.command("models", help="List the model zoo with parameter counts.")(models.models_command)
 app.command("run", help="Run the main job on a model (train with an arm, then evaluate).")(run.run_command)
+app.command("eval", help="Evaluate a model on NIAH, RULER QA, LongBench (or lm-eval tasks) through lm-eval.")(
+    eval_cli.eval_command)
+app.command("tasks", help="List the evaluation tasks and groups.")(eval_cli.tasks_command)
 app.add_typer(bench.app, name="bench", help="Benchmarks printing a table and one JSON object on the last line.")
 report.register(app)
 

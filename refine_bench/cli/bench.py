@@ -32,3 +32,14 @@ def kernels_command(
     typer.echo(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
                f"{torch.get_num_threads()} threads")
     _report(run_kernel_bench(quick=quick), json_out)
+
+
+@app.command("eval")
+def eval_bench_command(
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on the last line."),
+    model: str = typer.Option("deltanet-tiny", help="Zoo name or checkpoint directory."),
+) -> None:
+    """Peak memory and seconds per NIAH sample at 2K-16K (constant-memory inference is the point)."""
+    from refine_bench.bench.eval_bench import run_eval_bench
+
+    _report(run_eval_bench(model=model), json_out)

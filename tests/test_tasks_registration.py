@@ -1,0 +1,72 @@
+"""The tasks/ folder registers every task and group with lm-eval, and bad names are clear errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from refine_bench.errors import UserInputError
+from refine_bench.eval import scorers
+from refine_bench.eval.niah import NIAH_TASKS
+from refine_bench.eval.runner import leaf_tasks, resolve_tasks, tasks_dir
+
+GROUPS = {
+    "niah": sorted(NIAH_TASKS),
+    "ruler_qa": ["ruler_qa_hotpotqa", "ruler_qa_squad"],
+    "longbench": sorted(f"longbench_{t}" for t in scorers.LONGBENCH_TASKS),
+}
+
+
+@pytest.fixture(scope="module")
+def tm():
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=str(tasks_dir()), include_defaults=False)
+
+
+def test_groups_and_tasks_registered(tm):
+    for group, members in GROUPS.items():
+        assert group in tm.all_groups
+        assert sorted(leaf_tasks(tm, group)) == members
+        for task in members:
+            assert task in tm.all_subtasks
+            assert str(tasks_dir()) in str(tm.task_index[task].yaml_path)
+    assert sorted(leaf_tasks(tm, "refine_paper")) == sorted(sum(GROUPS.values(), []))
+
+
+def test_longbench_generation_lengths_match_protocol(tm):
+    for task, tokens in scorers.LONGBENCH_GEN_TOKENS.items():
+        cfg = tm.task_index[f"longbench_{task}"].cfg
+        assert cfg["generation_kwargs"]["max_gen_toks"] == tokens
+        assert cfg["generation_kwargs"]["do_sample"] is False
+
+
+def test_unknown_task_lists_available(tm):
+    with pytest.raises(UserInputError, match="available:.*niah_single_1.*sanity"):
+        resolve_tasks(["niah,not_a_task"], tm)
+    assert resolve_tasks(["niah, longbench_trec"], tm) == ["niah", "longbench_trec"]
+
+
+def test_cli_unknown_task_exits_2(tmp_path):
+    code = (
+        "import sys, typer\n"
+        "from refine_bench.cli.eval import eval_command\n"
+        "from refine_bench.errors import UserInputError\n"
+        "app = typer.Typer(); app.command()(eval_command)\n"
+        "try:\n    app(['--model', 'deltanet-tiny', '--tasks', 'bogus', '--output', sys.argv[1]])\n"
+        "except UserInputError as e:\n    print(e); sys.exit(2)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "unknown task(s) bogus" in proc.stdout and "niah_multikey_3" in proc.stdout
+
+
+@pytest.mark.slow
+def test_lm_eval_validate_is_clean():
+    names = ",".join(["niah", "ruler_qa", "longbench", "refine_paper", *sum(GROUPS.values(), [])])
+    proc = subprocess.run([sys.executable, "-m", "refine_bench.lm_eval", "validate", "--tasks", names],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    assert "All tasks found and valid" in proc.stdout
