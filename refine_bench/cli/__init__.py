@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from refine_bench.cli import bench, models, report, run
+from refine_bench.cli import bench, models, report, run, train
 from refine_bench.cli import eval as eval_cli
 from refine_bench.errors import UserInputError
 
@@ -19,6 +19,8 @@ app = typer.Typer(
 )
 app.command("models", help="List the model zoo with parameter counts.")(models.models_command)
 app.command("run", help="Run the main job on a model (train with an arm, then evaluate).")(run.run_command)
+app.command("train", help="Train a model with one arm (sft or refine) in a phase; checkpoints and resume.")(
+    train.train_command)
 app.command("eval", help="Evaluate a model on NIAH, RULER QA, LongBench (or lm-eval tasks) through lm-eval.")(
     eval_cli.eval_command)
 app.command("tasks", help="List the evaluation tasks and groups.")(eval_cli.tasks_command)

@@ -1,38 +1,55 @@
-"""`refine-bench run`: the main job. Until the trainer lands, only the `base` arm runs (load and generate)."""
+"""`refine-bench run`: the main job. Train the model with an arm (mid-training), then evaluate it."""
 
 from __future__ import annotations
 
-import torch
+import sys
+from pathlib import Path
+
 import typer
 
+from refine_bench.cli.eval import _ints
+from refine_bench.cli.train import build_config
 from refine_bench.errors import UserInputError
-from refine_bench.models.zoo import load_model, load_tokenizer
 
 ARMS = ("base", "sft", "refine")
-DEFAULT_PROMPT = "The grass is green. The sky is blue. The sun is yellow. The magic number is 7. The magic number is"
 
 
 def run_command(
     model: str = typer.Option("deltanet-tiny", help="Zoo name, local checkpoint directory or hub id."),
-    arm: str = typer.Option("base", help=f"One of {', '.join(ARMS)}."),
-    prompt: str = typer.Option(DEFAULT_PROMPT, help="Prompt for the generation check."),
-    max_new_tokens: int = typer.Option(32, min=1),
+    arm: str = typer.Option("refine", help=f"One of {', '.join(ARMS)} (base = evaluate without training)."),
+    data: str = typer.Option("builtin", help="Training documents (file/folder, or 'builtin' smoke corpus)."),
+    steps: int | None = typer.Option(None, help="Training steps (preset 100; tiny models 2)."),
+    batch_size: int | None = typer.Option(None, help="Sequences per step (preset 128; tiny models 4)."),
+    seq_len: int | None = typer.Option(None, help="Tokens per training sequence (preset 16384; tiny 256)."),
+    lr: float | None = typer.Option(None, help="Learning rate (preset 1e-6)."),
+    tasks: str = typer.Option("niah", help="Evaluation tasks or groups (niah, ruler_qa, longbench, ...)."),
+    lengths: str | None = typer.Option(None, help="Evaluation lengths, e.g. 4096,8192,16384."),
+    limit: int | None = typer.Option(None, help="Evaluation samples per task and length."),
+    eval_batch_size: int = typer.Option(1, help="Requests per generate call at evaluation."),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu"),
+    work_dir: Path | None = typer.Option(None, help="Checkpoint folder (default results/checkpoints/<run>)."),
+    runs_dir: Path = typer.Option(Path("results/runs"), help="Where the run records go."),
 ) -> None:
-    """Load the model and generate greedily (the training arms arrive with the trainer)."""
+    """Mid-train `model` with `arm` (unless base), then evaluate it with lm-eval; writes run records."""
+    from refine_bench.eval.runner import run_eval
+
     if arm not in ARMS:
         raise UserInputError(f"unknown arm {arm!r}; valid arms: {', '.join(ARMS)}")
+    checkpoint = None
     if arm != "base":
-        raise UserInputError(f"arm {arm!r} needs the trainer, which is not in this version yet; use --arm base")
-    torch.manual_seed(seed)
-    lm = load_model(model, device=device, seed=seed)
-    tok = load_tokenizer(model)
-    enc = tok(prompt, return_tensors="pt", add_special_tokens=False).to(device)
-    with torch.no_grad():
-        out = lm.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-    new = out[0, enc["input_ids"].shape[1]:]
-    n_params = sum(p.numel() for p in lm.parameters())
-    typer.echo(f"model {model} ({lm.config.model_type}, {n_params:,} parameters), arm {arm}, device {device}")
-    typer.echo(f"prompt:     {prompt!r}")
-    typer.echo(f"generated:  {tok.decode(new)!r}")
+        from refine_bench.train.session import run_training
+
+        config = build_config(model, arm, "mid", steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr,
+                              seed=seed)
+        result = run_training(model, config, data=data, work_dir=work_dir, runs_dir=runs_dir, device=device,
+                              command=sys.argv)
+        checkpoint = result.checkpoint
+        typer.echo(f"trained {model} with {arm}: {result.record}")
+    path = run_eval(model, [tasks], checkpoint=str(checkpoint) if checkpoint else None, lengths=_ints(lengths),
+                    limit=limit, output=runs_dir, batch_size=eval_batch_size, device=device, seed=seed,
+                    stages={"mid": None if arm == "base" else arm}, command=sys.argv)
+    if path is not None:
+        typer.echo(f"evaluated: {path}")
+        for line in (Path(path) / "scores.jsonl").read_text().splitlines():
+            typer.echo(f"  {line}")

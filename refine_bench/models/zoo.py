@@ -156,14 +156,18 @@ def load_model(
 
 def load_tokenizer(name_or_path: str | os.PathLike[str]) -> PreTrainedTokenizerBase:
     """The tokenizer for a model: the project's tiny tokenizer, or the one saved with a checkpoint."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     entry, directory = resolve_checkpoint(name_or_path)
     if entry is not None and entry.tokenizer == TINY_TOKENIZER:
         return load_tiny_tokenizer()
     if entry is not None:
         directory = _hub_snapshot(entry.tokenizer)
-    if (directory / "tokenizer.json").is_file() or (directory / "tokenizer_config.json").is_file():
+    if (directory / "tokenizer.json").is_file():
+        # the fast tokenizer file alone: AutoTokenizer would also parse config.json, whose model_type it
+        # does not know
+        tok = PreTrainedTokenizerFast.from_pretrained(str(directory))
+    elif (directory / "tokenizer_config.json").is_file():
         tok = AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False)
     else:
         raise UserInputError(f"{directory} has no tokenizer files (tokenizer.json / tokenizer_config.json)")
