@@ -9,7 +9,7 @@ import typer
 
 from refine_bench.errors import UserInputError
 from refine_bench.models.zoo import MODELS
-from refine_bench.train.presets import ARMS, PHASES, TrainConfig, preset
+from refine_bench.train.presets import PHASES, TrainConfig, preset
 
 # Sizes for the tiny CPU models when the user gives none: a smoke-scale run, not the paper's 128 x 16K.
 TINY_DEFAULTS = {"steps": 2, "batch_size": 4, "mini_batch_size": 2, "seq_len": 256}
@@ -21,23 +21,22 @@ def is_tiny(model: str) -> bool:
 
 def build_config(model: str, arm: str, phase: str, **options) -> TrainConfig:
     """The phase preset, tiny-model sizes where the model is tiny and nothing was given, then `options`."""
-    if arm not in ARMS:
-        raise UserInputError(f"unknown arm {arm!r} for training; valid arms: {', '.join(ARMS)}")
     if phase not in PHASES:
         raise UserInputError(f"unknown phase {phase!r}; valid phases: {', '.join(PHASES)}")
     given = {k: v for k, v in options.items() if v is not None}
     sizes = {k: v for k, v in TINY_DEFAULTS.items() if k not in given} if is_tiny(model) else {}
-    if arm == "sft" and "mini_batch_size" in sizes and not given.get("sft_steps_like_refine"):
+    if arm not in ("refine", "nested_refine") and "mini_batch_size" in sizes and not given.get("sft_steps_like_refine"):
         sizes.pop("mini_batch_size")
     return preset(phase, arm, **sizes, **given)
 
 
 def train_command(
     model: str = typer.Option("deltanet-tiny", help="Zoo name, local checkpoint directory or hub id."),
-    arm: str = typer.Option("refine", help="sft (next-token prediction) or refine (NTP + GRPO)."),
-    phase: str = typer.Option("mid", help="mid (documents); presets for post/ttt are in `train.presets`."),
-    data: str = typer.Option("builtin", help="Training documents: .jsonl/.txt/.parquet file or folder, or "
-                             "'builtin' (standard-library docstrings; a smoke-test corpus)."),
+    arm: str = typer.Option("refine", help="mid: sft | refine; post: sft | nested_sft | nested_refine."),
+    phase: str = typer.Option("mid", help="mid (documents) or post (prompt/answer pairs); the ttt phase runs "
+                              "inside `refine-bench eval --ttt-arm`."),
+    data: str = typer.Option("builtin", help="mid: documents (.jsonl 'text' / .txt / .parquet, a folder, or "
+                             "'builtin', a smoke-test corpus); post: .jsonl/.parquet with 'prompt' and 'answer'."),
     steps: int | None = typer.Option(None, help="Training steps (preset: 100; tiny models: 2)."),
     batch_size: int | None = typer.Option(None, help="Sequences per step (preset: 128/64/8 by phase)."),
     mini_batch_size: int | None = typer.Option(None, help="Sequences per optimiser step (REFINE preset: 32)."),

@@ -119,3 +119,87 @@ class BatchStream:
         idx = self._order(epoch)[index * self.batch_size : (index + 1) * self.batch_size]
         self.position += 1
         return self.sequences[idx]
+
+
+@dataclass
+class Example:
+    """One training sequence without padding; `targets` marks the positions whose token is a training
+    target (None: every token after the first)."""
+
+    ids: torch.Tensor  # [S]
+    targets: torch.Tensor | None = None  # [S] bool
+
+    def target_count(self) -> int:
+        return int(self.targets[1:].sum()) if self.targets is not None else len(self.ids) - 1
+
+
+def read_qa_pairs(source: str | Path) -> list[tuple[str, str]]:
+    """(prompt, answer) pairs from .jsonl or .parquet files with `prompt` and `answer` (a string, or a list
+    whose first element is the training answer) — the RULER QA schema."""
+    path = Path(source)
+    if not path.exists():
+        raise UserInputError(f"post-training data {path} does not exist")
+    files = sorted(p for p in path.rglob("*") if p.suffix in (".jsonl", ".parquet")) if path.is_dir() else [path]
+    pairs: list[tuple[str, str]] = []
+    for file in files:
+        if file.suffix == ".parquet":
+            import pandas as pd
+
+            rows = pd.read_parquet(file).to_dict("records")
+        else:
+            try:
+                rows = [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise UserInputError(f"{file} is not valid UTF-8 JSON lines: {exc}") from exc
+        for i, row in enumerate(rows, 1):
+            if "prompt" not in row or "answer" not in row:
+                raise UserInputError(f"{file} row {i} needs 'prompt' and 'answer' fields, has {sorted(row)}")
+            answer = row["answer"]
+            if not isinstance(answer, str):
+                answer = list(answer)[0] if len(answer) else ""
+            if not str(answer).strip():
+                raise UserInputError(f"{file} row {i} has an empty answer")
+            pairs.append((str(row["prompt"]), str(answer)))
+    if not pairs:
+        raise UserInputError(f"no (prompt, answer) pairs found in {path}")
+    return pairs
+
+
+def encode_qa_pairs(pairs: list[tuple[str, str]], tokenizer, max_len: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Token ids of (prompt, answer + EOS); prompts longer than the budget lose their middle (LongBench's
+    convention), keeping the head with the instructions and the tail with the question."""
+    out = []
+    for prompt, answer in pairs:
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        a = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        budget = max_len - len(a)
+        if budget < 2:
+            raise UserInputError(f"answer of {len(a)} tokens does not fit seq_len {max_len}")
+        if len(p) > budget:
+            p = p[: budget // 2] + p[len(p) - (budget - budget // 2) :]
+        out.append((torch.tensor(p, dtype=torch.long), torch.tensor(a, dtype=torch.long)))
+    return out
+
+
+@dataclass
+class PairStream:
+    """Deterministic batches of (prompt, answer) pairs, resumable by position (like BatchStream)."""
+
+    pairs: list[tuple[torch.Tensor, torch.Tensor]]
+    batch_size: int
+    seed: int = 0
+    position: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch_size > len(self.pairs):
+            raise UserInputError(f"batch size {self.batch_size} exceeds the {len(self.pairs)} examples in the data")
+
+    def __iter__(self) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+        return self
+
+    def __next__(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        per_epoch = len(self.pairs) // self.batch_size
+        epoch, index = divmod(self.position, per_epoch)
+        order = torch.randperm(len(self.pairs), generator=torch.Generator().manual_seed(self.seed + epoch))
+        self.position += 1
+        return [self.pairs[int(i)] for i in order[index * self.batch_size : (index + 1) * self.batch_size]]

@@ -9,7 +9,8 @@ from refine_bench.errors import UserInputError
 from refine_bench.train.refine import RefineConfig
 
 PHASES = ("mid", "post", "ttt")
-ARMS = ("sft", "refine")
+PHASE_ARMS = {"mid": ("sft", "refine"), "post": ("sft", "nested_sft", "nested_refine"), "ttt": ("sft", "refine")}
+ARMS = ("sft", "refine", "nested_sft", "nested_refine")
 
 # phase -> (REFINE settings, batch size, PPO mini-batch size)
 PHASE_PRESETS: dict[str, tuple[RefineConfig, int, int]] = {
@@ -44,10 +45,11 @@ class TrainConfig:
     refine: RefineConfig = field(default_factory=RefineConfig)
 
     def __post_init__(self) -> None:
-        if self.arm not in ARMS:
-            raise UserInputError(f"unknown arm {self.arm!r} for training; valid arms: {', '.join(ARMS)}")
         if self.phase not in PHASES:
             raise UserInputError(f"unknown phase {self.phase!r}; valid phases: {', '.join(PHASES)}")
+        if self.arm not in PHASE_ARMS[self.phase]:
+            raise UserInputError(f"unknown arm {self.arm!r} for the {self.phase} phase; valid arms: "
+                                 f"{', '.join(PHASE_ARMS[self.phase])}")
         if self.steps < 0 or self.batch_size < 1:
             raise UserInputError("steps must be >= 0 and batch_size >= 1")
         if self.batch_size % self.optimizer_mini_batch:
@@ -60,7 +62,7 @@ class TrainConfig:
         """Sequences per optimiser step."""
         if self.mini_batch_size is not None:
             return self.mini_batch_size
-        if self.arm == "refine" or self.sft_steps_like_refine:
+        if self.arm in ("refine", "nested_refine") or self.sft_steps_like_refine:
             return min(PHASE_PRESETS[self.phase][2], self.batch_size)
         return self.batch_size
 

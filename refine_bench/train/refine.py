@@ -76,15 +76,23 @@ class Rollouts:
     entropy_mean: float = 0.0
 
 
-def ntp_sum(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
-    """Summed next-token cross-entropy over positions whose target is a real token (pads masked)."""
-    targets = ids[:, 1:]
-    losses = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                             reduction="none").view_as(targets)
+def ntp_sum(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None = None,
+            targets: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy over positions whose target is a real token (pads masked).
+
+    `targets` [B, S] (bool) further restricts the loss to tokens marked as targets (e.g. answer tokens).
+    """
+    labels = ids[:, 1:]
+    losses = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                             reduction="none").view_as(labels)
+    keep = torch.ones_like(labels, dtype=torch.bool)
     if mask is not None:
-        keep = (mask[:, 1:] * mask[:, :-1]).bool()
-        return losses[keep].sum(), int(keep.sum())
-    return losses.sum(), targets.numel()
+        keep &= (mask[:, 1:] * mask[:, :-1]).bool()
+    if targets is not None:
+        keep &= targets[:, 1:].bool()
+    if mask is None and targets is None:
+        return losses.sum(), labels.numel()
+    return losses[keep].sum(), int(keep.sum())
 
 
 @torch.no_grad()
@@ -113,6 +121,11 @@ def _score(model: FastWeightPreTrainedModel, state: FastWeightCache, first_logit
     logits = torch.cat([first_logits.expand(tokens.shape[0], 1, -1), out.logits[:, :-1]], dim=1)
     logp = torch.log_softmax(logits.float() / cfg.sample_temperature, dim=-1).gather(-1, tokens[..., None])[..., 0]
     return logp, out.hidden_states[-1]
+
+
+def supports_rollouts(length: int, cfg: RefineConfig) -> bool:
+    """Whether a sequence of `length` tokens is long enough for cfg.num_chunks rollout positions."""
+    return length >= max(cfg.num_chunks, 2 * cfg.margin + 1)
 
 
 @torch.no_grad()
@@ -148,19 +161,21 @@ def collect_rollouts(
 
 
 def sequence_terms(
-    model: FastWeightPreTrainedModel, ids: torch.Tensor, cfg: RefineConfig, rollouts: Rollouts | None
+    model: FastWeightPreTrainedModel, ids: torch.Tensor, cfg: RefineConfig, rollouts: Rollouts | None,
+    targets: torch.Tensor | None = None,
 ) -> SequenceTerms:
-    """Loss terms with grad for one unpadded sequence: NTP over it, plus GRPO on `rollouts` when given.
+    """Loss terms with grad for one unpadded sequence: NTP over it (over `targets` [1, S] only, when given),
+    plus GRPO on `rollouts` when given.
 
     The GRPO log-probs come from branching the grad-carrying snapshots of the teacher-forced pass, so the
     gradient flows back through the prefix's fast-weight state. Sets `rollouts.logp`.
     """
     if rollouts is None:
         logits = model(ids).logits
-        loss, count = ntp_sum(logits, ids)
+        loss, count = ntp_sum(logits, ids, targets=targets)
         return SequenceTerms(loss, count, logits.new_zeros(()), 0)
     logits, _, snapshots = model.forward_with_snapshots(ids, rollouts.starts, output_hidden_states=False)
-    ntp, ntp_tokens = ntp_sum(logits, ids)
+    ntp, ntp_tokens = ntp_sum(logits, ids, targets=targets)
     n = cfg.num_rollouts
     logps = []
     for i, (s, state) in enumerate(zip(rollouts.starts, snapshots, strict=True)):

@@ -11,9 +11,17 @@ import torch
 from refine_bench.errors import UserInputError
 from refine_bench.models.zoo import load_model, load_tokenizer
 from refine_bench.records import RunRecord
-from refine_bench.train.data import BatchStream, pack_documents, read_documents
+from refine_bench.train.data import (
+    BatchStream,
+    PairStream,
+    encode_qa_pairs,
+    pack_documents,
+    read_documents,
+    read_qa_pairs,
+)
 from refine_bench.train.distributed import init_distributed
 from refine_bench.train.presets import TrainConfig
+from refine_bench.train.refine import supports_rollouts
 from refine_bench.train.trainer import Trainer, latest_checkpoint
 
 log = logging.getLogger(__name__)
@@ -52,13 +60,19 @@ def run_training(
     torch.manual_seed(config.seed)
     model = load_model(model_name, device=device, seed=config.seed)
     tokenizer = load_tokenizer(model_name)
-    sequences = pack_documents(read_documents(data), tokenizer, config.seq_len)
-    if config.arm == "refine" and config.seq_len < 2 * config.refine.margin + config.refine.num_chunks:
-        raise UserInputError(
-            f"seq_len {config.seq_len} is too short for REFINE's {config.refine.num_chunks} chunks and margin "
-            f"{config.refine.margin}"
-        )
-    stream = BatchStream(sequences.to(device), config.batch_size, seed=config.seed)
+    if config.phase == "post":
+        if data == "builtin":
+            raise UserInputError("post-training needs --data: a .jsonl/.parquet file of 'prompt' and 'answer' rows")
+        pairs = encode_qa_pairs(read_qa_pairs(data), tokenizer, config.seq_len)
+        stream = PairStream([(p.to(device), a.to(device)) for p, a in pairs], config.batch_size, seed=config.seed)
+    else:
+        if config.arm == "refine" and not supports_rollouts(config.seq_len, config.refine):
+            raise UserInputError(
+                f"seq_len {config.seq_len} is too short for REFINE's {config.refine.num_chunks} chunks and margin "
+                f"{config.refine.margin}"
+            )
+        sequences = pack_documents(read_documents(data), tokenizer, config.seq_len)
+        stream = BatchStream(sequences.to(device), config.batch_size, seed=config.seed)
     previous = latest_checkpoint(work_dir) if resume else None
     stages = {"mid": None, "post": None, "ttt": None, config.phase: config.arm}
     record = None

@@ -21,10 +21,10 @@ import torch
 from refine_bench.errors import UserInputError
 from refine_bench.fileio import atomic_write_json
 from refine_bench.models.base import FastWeightPreTrainedModel
-from refine_bench.train.data import BatchStream
+from refine_bench.train.data import BatchStream, Example, PairStream
 from refine_bench.train.distributed import DistContext
 from refine_bench.train.presets import TrainConfig
-from refine_bench.train.refine import Rollouts, collect_rollouts, sequence_terms
+from refine_bench.train.refine import Rollouts, collect_rollouts, sequence_terms, supports_rollouts
 
 CHECKPOINT_PREFIX = "step-"
 TRAINER_STATE = "trainer_state.json"
@@ -36,11 +36,6 @@ def sequence_generator(seed: int, step: int, index: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1_000_003 + index)
 
 
-@dataclass
-class StepMetrics:
-    values: dict[str, float]
-
-
 class Trainer:
     """Runs `config.steps` training steps of one arm on a model, with checkpoints and resume."""
 
@@ -49,7 +44,7 @@ class Trainer:
         model: FastWeightPreTrainedModel,
         tokenizer,
         config: TrainConfig,
-        stream: BatchStream,
+        stream: BatchStream | PairStream,
         output_dir: Path | None = None,
         dist: DistContext | None = None,
         log_fn=None,
@@ -85,73 +80,39 @@ class Trainer:
         self.model.eval()
         return last
 
-    def train_step(self, batch: torch.Tensor) -> dict[str, float]:
-        """One training step on a global batch [B, S] of unpadded sequences; returns logged metrics."""
-        cfg, rcfg = self.config, self.config.refine
+    def train_step(self, batch: torch.Tensor | list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+        """One training step; returns the logged metrics.
+
+        `batch` is [B, S] packed documents (mid-training: NTP, plus GRPO for refine), or a list of
+        (prompt, answer) token tensors (post-training): `sft` trains on the answer tokens only;
+        `nested_sft` / `nested_refine` first train on the prompt (NTP / REFINE), then on the answer.
+        """
         start = time.perf_counter()
-        B = batch.shape[0]
-        local = list(self.dist.shard(B))
-        rollouts: dict[int, Rollouts] = {}
-        if cfg.arm == "refine":
-            self.model.eval()  # sampling with the current policy; no dropout in these models, but be explicit
-            for i in local:
-                rollouts[i] = collect_rollouts(self.model, batch[i : i + 1], rcfg,
-                                               sequence_generator(cfg.seed, self.step, i))
-            self.model.train()
-        mini = cfg.optimizer_mini_batch
-        totals = torch.zeros(4, dtype=torch.float64)  # ntp loss, ntp tokens, rl loss, rl tokens
-        grad_norms = []
-        for lo in range(0, B, mini):
-            members = range(lo, lo + mini)
-            ntp_tokens = mini * (batch.shape[1] - 1)
-            rl_tokens = mini * rcfg.num_chunks * rcfg.num_rollouts * rcfg.rollout_len
-            self.optimizer.zero_grad(set_to_none=False)
-            for i in members:
-                if i not in local:
-                    continue
-                terms = sequence_terms(self.model, batch[i : i + 1], rcfg, rollouts.get(i))
-                loss = terms.ntp_sum / ntp_tokens * (rcfg.lambda_sft if cfg.arm == "refine" else 1.0)
-                if cfg.arm == "refine":
-                    loss = loss + terms.rl_sum / rl_tokens * rcfg.lambda_rl
-                loss.backward()
-                totals += torch.tensor([terms.ntp_sum.item(), terms.ntp_tokens, terms.rl_sum.detach().item(),
-                                        terms.rl_tokens], dtype=torch.float64)
-            self.dist.sum_gradients(self.model)
-            grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)))
-            self.optimizer.step()
-        self.dist.all_reduce_sum(totals)
-        metrics = {
-            "loss_ntp": float(totals[0] / max(totals[1], 1)),
-            "grad_norm": sum(grad_norms) / len(grad_norms),
-            "lr": cfg.lr,
-            "optimizer_steps": len(grad_norms),
-            "tokens": float(batch.numel()),
-            "seconds": time.perf_counter() - start,
-        }
-        if cfg.arm == "refine":
-            metrics["loss_rl"] = float(totals[2] / max(totals[3], 1))
-            metrics["loss"] = rcfg.lambda_sft * metrics["loss_ntp"] + rcfg.lambda_rl * metrics["loss_rl"]
-            metrics.update(self._reward_stats(rollouts))
+        arm = self.config.arm
+        if isinstance(batch, torch.Tensor):
+            metrics = self._optimize([Example(row) for row in batch], with_rl=arm == "refine")
+            metrics["tokens"] = float(batch.numel())
         else:
-            metrics["loss"] = metrics["loss_ntp"]
+            answers = [Example(torch.cat([p, a]), torch.cat([torch.zeros(len(p), dtype=torch.bool),
+                                                             torch.ones(len(a), dtype=torch.bool)]))
+                       for p, a in batch]
+            metrics = {}
+            if arm in ("nested_sft", "nested_refine"):
+                prompt_metrics = self._optimize([Example(p) for p, _ in batch], with_rl=arm == "nested_refine")
+                metrics.update({f"prompt_{k}" if k.startswith(("loss", "grad", "optimizer")) else k: v
+                                for k, v in prompt_metrics.items()})
+            answer_metrics = self._optimize(answers, with_rl=False, mini_batch=len(answers))
+            metrics.update({f"answer_{k}" if k.startswith(("loss", "grad", "optimizer")) else k: v
+                            for k, v in answer_metrics.items()})
+            metrics["loss"] = answer_metrics["loss"]
+            metrics["tokens"] = float(sum(len(p) + len(a) for p, a in batch))
+        metrics["lr"] = self.config.lr
+        metrics["seconds"] = time.perf_counter() - start
         return metrics
 
-    def _reward_stats(self, rollouts: dict[int, Rollouts]) -> dict[str, float]:
-        """Reward mean/std and the fraction of groups with zero reward spread, over all ranks."""
-        rewards = torch.cat([r.rewards.double() for r in rollouts.values()]) if rollouts else torch.zeros(0)
-        zero, groups = 0, 0
-        for r in rollouts.values():
-            for g in r.groups.unique():
-                vals = r.rewards[r.groups == g]
-                zero += int(vals.numel() < 2 or float(vals.std()) == 0.0)
-                groups += 1
-        sums = torch.tensor([rewards.sum(), rewards.square().sum(), rewards.numel(), zero, groups],
-                            dtype=torch.float64)
-        self.dist.all_reduce_sum(sums)
-        n = max(float(sums[2]), 1.0)
-        mean = float(sums[0]) / n
-        var = max(float(sums[1]) / n - mean**2, 0.0) * n / max(n - 1, 1)
-        return {"reward_mean": mean, "reward_std": var**0.5, "frac_reward_zero_std": float(sums[3] / max(sums[4], 1))}
+    def _optimize(self, items: list[Example], with_rl: bool, mini_batch: int | None = None) -> dict[str, float]:
+        return optimize_items(self.model, self.optimizer, self.config, items, with_rl=with_rl, step=self.step,
+                              dist=self.dist, mini_batch=mini_batch).metrics
 
     # checkpoints -----------------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
@@ -197,3 +158,105 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
         return None
     done = [p for p in folder.iterdir() if p.name.startswith(CHECKPOINT_PREFIX) and (p / TRAINER_STATE).is_file()]
     return max(done, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]), default=None)
+
+
+@dataclass
+class PassResult:
+    """What one optimisation pass over a list of items produced."""
+
+    metrics: dict[str, float]
+    rollouts: dict[int, Rollouts]
+    ntp_only: list[int]  # items that asked for REFINE but were too short for its rollouts
+
+
+def optimize_items(
+    model: FastWeightPreTrainedModel,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    items: list[Example],
+    *,
+    with_rl: bool,
+    step: int,
+    dist: DistContext | None = None,
+    mini_batch: int | None = None,
+) -> PassResult:
+    """One pass over `items`: REFINE rollouts for all of them first (when with_rl) with the current policy,
+    then one optimiser step per mini-batch, each item's loss normalised by its mini-batch's token counts.
+
+    Items too short for REFINE's chunks get NTP only; a mini-batch with no target token makes no step (so no
+    weight decay either). Shared by the trainer and test-time training.
+    """
+    dist = dist or DistContext()
+    rcfg = config.refine
+    local = set(dist.shard(len(items)))
+    can_rl = [with_rl and supports_rollouts(len(it.ids), rcfg) for it in items]
+    rollouts: dict[int, Rollouts] = {}
+    if with_rl:
+        model.eval()  # sampling with the current policy; no dropout in these models, but be explicit
+        for i in sorted(local):
+            if can_rl[i]:
+                generator = sequence_generator(config.seed, step, i)
+                rollouts[i] = collect_rollouts(model, items[i].ids[None], rcfg, generator)
+        model.train()
+    mini = min(mini_batch or config.optimizer_mini_batch, len(items))
+    per_rollout_tokens = rcfg.num_chunks * rcfg.num_rollouts * rcfg.rollout_len
+    lambda_sft = rcfg.lambda_sft if with_rl else 1.0
+    totals = torch.zeros(4, dtype=torch.float64)  # ntp loss, ntp tokens, rl loss, rl tokens
+    grad_norms = []
+    model.train()
+    for lo in range(0, len(items), mini):
+        members = range(lo, min(lo + mini, len(items)))
+        ntp_tokens = sum(items[i].target_count() for i in members)
+        rl_tokens = max(sum(can_rl[i] for i in members) * per_rollout_tokens, 1)
+        if ntp_tokens == 0 and not any(can_rl[i] for i in members):
+            continue
+        optimizer.zero_grad(set_to_none=False)
+        for i in members:
+            if i not in local:
+                continue
+            it = items[i]
+            terms = sequence_terms(model, it.ids[None], rcfg, rollouts.get(i),
+                                   targets=None if it.targets is None else it.targets[None])
+            loss = terms.ntp_sum / max(ntp_tokens, 1) * lambda_sft
+            if i in rollouts:
+                loss = loss + terms.rl_sum / rl_tokens * rcfg.lambda_rl
+            loss.backward()
+            totals += torch.tensor([terms.ntp_sum.item(), terms.ntp_tokens, terms.rl_sum.detach().item(),
+                                    terms.rl_tokens], dtype=torch.float64)
+        dist.sum_gradients(model)
+        grad_norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)))
+        optimizer.step()
+    dist.all_reduce_sum(totals)
+    metrics = {
+        "loss_ntp": float(totals[0] / max(totals[1], 1)),
+        "grad_norm": sum(grad_norms) / len(grad_norms) if grad_norms else 0.0,
+        "optimizer_steps": len(grad_norms),
+    }
+    ntp_only = [i for i in range(len(items)) if with_rl and not can_rl[i]]
+    if with_rl:
+        metrics["loss_rl"] = float(totals[2] / max(totals[3], 1))
+        metrics["loss"] = rcfg.lambda_sft * metrics["loss_ntp"] + rcfg.lambda_rl * metrics["loss_rl"]
+        metrics["sequences_without_rollouts"] = float(len(ntp_only))
+        metrics.update(reward_stats(rollouts, dist))
+    else:
+        metrics["loss"] = metrics["loss_ntp"]
+    return PassResult(metrics, rollouts, ntp_only)
+
+
+def reward_stats(rollouts: dict[int, Rollouts], dist: DistContext) -> dict[str, float]:
+    """Reward mean/std and the fraction of groups with zero reward spread, over all ranks."""
+    rewards = torch.cat([r.rewards.double() for r in rollouts.values()]) if rollouts else torch.zeros(0)
+    zero, groups = 0, 0
+    for r in rollouts.values():
+        for g in r.groups.unique():
+            vals = r.rewards[r.groups == g]
+            zero += int(vals.numel() < 2 or float(vals.std()) == 0.0)
+            groups += 1
+    sums = torch.tensor([rewards.sum(), rewards.square().sum(), rewards.numel(), zero, groups],
+                        dtype=torch.float64)
+    dist.all_reduce_sum(sums)
+    n = max(float(sums[2]), 1.0)
+    mean = float(sums[0]) / n
+    var = max(float(sums[1]) / n - mean**2, 0.0) * n / max(n - 1, 1)
+    return {"reward_mean": mean, "reward_std": var**0.5, "frac_reward_zero_std": float(sums[3] / max(sums[4], 1))}
+
