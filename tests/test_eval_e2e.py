@@ -181,11 +181,11 @@ def test_lm_long_prompt_path_matches_plain_generate():
     assert chunked.generate_until(reqs, disable_tqdm=True) == plain.generate_until(reqs, disable_tqdm=True)
 
 
-def test_ttt_is_a_clear_error_for_now(tmp_path):
+def test_ttt_without_an_adapter_is_a_clear_error(tmp_path):
     from refine_bench.eval.lm import RefineBenchLM
 
-    with pytest.raises(UserInputError, match="not available until the trainer lands"):
+    with pytest.raises(UserInputError, match="refine-bench eval --ttt-arm refine"):
         RefineBenchLM(pretrained="deltanet-tiny", ttt="refine")
-    with pytest.raises(UserInputError, match="not available until the trainer lands"):
+    with pytest.raises(UserInputError, match="needs an adapter"):
         run_eval("deltanet-tiny", ["niah_single_1"], stages={"ttt": "sft"}, output=tmp_path)
     assert not any(tmp_path.iterdir())  # no run record for a refused run

@@ -19,7 +19,8 @@ rank/world-size split of requests; this subclass adds what our models need:
   prompt. `prefill_chunk=0` always uses `model.generate`.
 
 Model args (lm-eval `--model_args`): pretrained, checkpoint, tokenizer, max_length, batch_size, max_batch_size,
-device, dtype, seed, ttt, prefill_chunk.
+device, dtype, seed, prefill_chunk (`ttt` is refused with a pointer to `refine-bench eval --ttt-arm`, which builds
+the adapter).
 """
 
 from __future__ import annotations

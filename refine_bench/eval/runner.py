@@ -5,6 +5,7 @@ A run folder (contract 2) receives:
   lm_eval/samples_<task>.jsonl  lm-eval's logged samples, one line per doc
   scores.jsonl                  tidy scores (contract 3): per length for NIAH / RULER QA, per task for LongBench
   niah_depths.jsonl             one row per NIAH answer needle: task, length, depth (0..1), score (0/1)
+  ttt_batches.jsonl             with test-time training: one row per adapted batch (task, doc ids, losses, ...)
 """
 
 from __future__ import annotations
@@ -194,8 +195,15 @@ def run_eval(
     stages: dict[str, str | None] | None = None,
     lm: Any = None,
     command: list[str] | None = None,
+    ttt_adapter: Any = None,
+    ttt_batch_size: int = 8,
+    ttt_settings: dict[str, Any] | None = None,
 ) -> Path | None:
-    """Evaluate `model` on `tasks` with lm-eval and write a run record; returns its folder (None off rank 0)."""
+    """Evaluate `model` on `tasks` with lm-eval and write a run record; returns its folder (None off rank 0).
+
+    Test-time training: `stages["ttt"]` names the arm and `ttt_adapter` is a factory building the adapter for
+    the loaded model (`refine_bench.eval.ttt.AdapterFactory`; the CLI makes it from refine_bench.train).
+    """
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
@@ -203,10 +211,11 @@ def run_eval(
     from refine_bench.records import RunRecord
 
     stages = dict(stages or {})
-    if stages.get("ttt"):
-        from refine_bench.eval.ttt import ttt_unavailable
-
-        raise ttt_unavailable(str(stages["ttt"]))
+    if stages.get("ttt") and ttt_adapter is None and lm is None:
+        raise UserInputError(f"test-time training (ttt={stages['ttt']}) needs an adapter; use "
+                             f"`refine-bench eval --ttt-arm {stages['ttt']}`")
+    if ttt_adapter is not None and not stages.get("ttt"):
+        raise UserInputError("a test-time-training adapter was given without its arm (stages['ttt'])")
     if limit is not None and limit <= 0:
         raise UserInputError(f"--limit must be a positive number of samples, got {limit}")
     include = str(include_path or tasks_dir())
@@ -237,7 +246,16 @@ def run_eval(
         max_length = max(lengths) if "niah" in groups else SHORT_CONTEXT_MAX_LENGTH
         if groups & {"longbench", "ruler_qa"}:
             max_length = max(max_length, DEFAULT_MAX_LENGTH)
-    if lm is None:
+    if stages.get("ttt") and "sanity" in {task_group(t) for t in leaves}:
+        raise UserInputError("test-time training applies to generation tasks; evaluate the sanity suite "
+                             "without --ttt-arm")
+    if lm is None and ttt_adapter is not None:
+        from refine_bench.eval.ttt import TestTimeTrainingLM
+
+        lm = TestTimeTrainingLM(ttt_adapter, str(stages["ttt"]), ttt_batch_size=ttt_batch_size,
+                                settings=ttt_settings, pretrained=model, checkpoint=checkpoint,
+                                batch_size=batch_size, device=device, dtype=dtype, max_length=max_length, seed=0)
+    elif lm is None:
         lm = RefineBenchLM(pretrained=model, checkpoint=checkpoint, batch_size=batch_size, device=device,
                            dtype=dtype, max_length=max_length, seed=0)
     samples = _sample_indices(leaves, limit, meta) if limit else None
@@ -245,6 +263,8 @@ def run_eval(
               "device": str(lm.device), "dtype": dtype, "max_length": lm.max_length, "checkpoint": checkpoint,
               "data_dir": meta.get("data_dir"), "include_path": include, "world_size": lm.world_size,
               "ruler_qa_paths": meta.get("ruler_qa_paths")}
+    if hasattr(lm, "ttt_settings"):
+        config["ttt"] = lm.ttt_settings()
 
     record = None
     if lm.rank == 0:
@@ -272,6 +292,8 @@ def run_eval(
         depths = depth_rows(logged)
         if depths:
             record.write_text("niah_depths.jsonl", _jsonl(depths))
+        if getattr(lm, "ttt_log", None):
+            record.write_text("ttt_batches.jsonl", _jsonl(lm.ttt_log))
         if getattr(lm, "truncated_prompts", 0):
             log.warning("%d prompt(s) were truncated in the middle to fit max_length %d", lm.truncated_prompts,
                         lm.max_length)
