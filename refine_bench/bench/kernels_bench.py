@@ -5,14 +5,12 @@ Every ratio is measured in the same process, so machine noise affects both sides
 
 from __future__ import annotations
 
-import time
-
 import torch
 
+from refine_bench.bench.decode import decode_speed
 from refine_bench.bench.lact_bench import lact_bench
 from refine_bench.bench.timing import best_time, matmul_peak_gflops
 from refine_bench.kernels import delta_rule_chunked, delta_rule_recurrent
-from refine_bench.models.base import FastWeightPreTrainedModel
 from refine_bench.models.zoo import load_model
 
 
@@ -49,39 +47,14 @@ def delta_rule_speed(T: int = 2048, H: int = 4, D: int = 64, B: int = 1) -> dict
     }
 
 
-@torch.no_grad()
-def decode_speed(model: FastWeightPreTrainedModel, prefix_len: int = 4096, new_tokens: int = 64,
-                 nocache_tokens: int = 16, seed: int = 0) -> dict[str, float]:
-    """Seconds per generated token (greedy) with the recurrent cache vs re-running the whole prefix.
-
-    The cached figure excludes the prefill; the uncached one re-runs prefix + generated tokens for every
-    token, as a model without a decode cache does, timed over `nocache_tokens` tokens.
-    """
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, model.config.vocab_size, (1, prefix_len), generator=g)
-    out = model(ids, use_cache=True, logits_to_keep=1)
-    cache, nxt = out.cache, out.logits[:, -1].argmax(-1, keepdim=True)
-    start = time.perf_counter()
-    for _ in range(new_tokens):
-        out = model(nxt, cache=cache, use_cache=True)
-        cache, nxt = out.cache, out.logits[:, -1].argmax(-1, keepdim=True)
-    cached = (time.perf_counter() - start) / new_tokens
-    seq = ids
-    start = time.perf_counter()
-    for _ in range(nocache_tokens):
-        nxt = model(seq, use_cache=False, logits_to_keep=1).logits[:, -1].argmax(-1, keepdim=True)
-        seq = torch.cat([seq, nxt], dim=1)
-    uncached = (time.perf_counter() - start) / nocache_tokens
-    return {"cached_s_per_token": cached, "nocache_s_per_token": uncached, "speedup": uncached / cached}
-
-
 def run_kernel_bench(quick: bool = False) -> dict[str, float]:
     """All kernel-level figures: delta rule, DeltaNet decoding, and LaCT's (see `lact_bench`)."""
     results: dict[str, float] = {"matmul_peak_gflops": matmul_peak_gflops()}
     results.update(delta_rule_speed(T=512 if quick else 2048))
     dec = decode_speed(load_model("deltanet-tiny"), prefix_len=1024 if quick else 4096,
                        new_tokens=16 if quick else 64, nocache_tokens=4 if quick else 16)
-    results.update({f"deltanet_{k}": v for k, v in dec.items() if k != "speedup"})
+    results.update({f"deltanet_{k}": v for k, v in dec.items() if k not in ("speedup", "same_tokens")})
+    results["deltanet_cached_equals_nocache_tokens"] = dec["same_tokens"]
     results["deltanet_cached_vs_nocache_decode_speedup"] = dec["speedup"]
     results.update(lact_bench(quick))
     return results

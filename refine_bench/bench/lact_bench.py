@@ -3,42 +3,12 @@ update's GFLOP/s. Both sides of every ratio are measured in the same process."""
 
 from __future__ import annotations
 
-import time
-
 import torch
 
+from refine_bench.bench.decode import decode_speed
 from refine_bench.bench.timing import best_time
 from refine_bench.kernels.lact import init_lact_state, lact_flops, lact_swiglu
 from refine_bench.models.lact import LaCTForCausalLM, lact_tiny_config
-
-
-@torch.no_grad()
-def lact_decode_speed(model: LaCTForCausalLM, prefix_len: int = 4096, new_tokens: int = 64,
-                      nocache_tokens: int | None = None, seed: int = 0) -> dict[str, float]:
-    """Seconds per greedy token: with the decode cache (prefill excluded) vs re-running the whole sequence
-    for every token (what the LaCT repo's `generate` does), the latter over `nocache_tokens` tokens
-    (default: all `new_tokens`). Also checks that both produce the same tokens."""
-    nocache_tokens = new_tokens if nocache_tokens is None else nocache_tokens
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, model.config.vocab_size, (1, prefix_len), generator=g)
-    out = model(ids, use_cache=True, logits_to_keep=1)
-    cache, nxt = out.cache, out.logits[:, -1].argmax(-1, keepdim=True)
-    cached_tokens = [nxt]
-    start = time.perf_counter()
-    for _ in range(new_tokens):
-        out = model(nxt, cache=cache, use_cache=True)
-        cache, nxt = out.cache, out.logits[:, -1].argmax(-1, keepdim=True)
-        cached_tokens.append(nxt)
-    cached = (time.perf_counter() - start) / new_tokens
-    seq = ids
-    start = time.perf_counter()
-    for _ in range(nocache_tokens):
-        nxt = model(seq, use_cache=False, logits_to_keep=1).logits[:, -1].argmax(-1, keepdim=True)
-        seq = torch.cat([seq, nxt], dim=1)
-    uncached = (time.perf_counter() - start) / nocache_tokens
-    same = torch.equal(seq[0, prefix_len:], torch.cat(cached_tokens, dim=1)[0, :nocache_tokens])
-    return {"cached_s_per_token": cached, "nocache_s_per_token": uncached, "speedup": uncached / cached,
-            "same_tokens": float(same)}
 
 
 @torch.no_grad()
@@ -61,8 +31,8 @@ def lact_bench(quick: bool = False) -> dict[str, float]:
     tokens; the uncached side is timed over the first 16 of them (as the DeltaNet figure is)."""
     torch.manual_seed(0)
     model = LaCTForCausalLM(lact_tiny_config()).eval()
-    dec = lact_decode_speed(model, prefix_len=1024 if quick else 4096, new_tokens=16 if quick else 64,
-                            nocache_tokens=4 if quick else 16)
+    dec = decode_speed(model, prefix_len=1024 if quick else 4096, new_tokens=16 if quick else 64,
+                       nocache_tokens=4 if quick else 16)
     return {
         "lact_cached_s_per_token": dec["cached_s_per_token"],
         "lact_nocache_s_per_token": dec["nocache_s_per_token"],

@@ -16,6 +16,7 @@ from refine_bench.errors import UserInputError
 from refine_bench.kernels import causal_depthwise_conv1d, delta_rule
 from refine_bench.models.base import FastWeightPreTrainedModel
 from refine_bench.models.cache import FastWeightCache
+from refine_bench.models.config_options import check_fixed_options, take_fixed_options
 from refine_bench.models.layers import RMSNorm, SwiGLUMLP, l2_normalize, swiglu_intermediate_size
 
 # Options of fla's DeltaNetConfig this implementation covers, with the only value it supports.
@@ -76,17 +77,14 @@ class DeltaNetConfig(PretrainedConfig):
         self.chunk_size = chunk_size
         self.kernel_backend = kernel_backend
         self.use_cache = use_cache
-        for key, value in _FIXED_OPTIONS.items():
-            setattr(self, key, kwargs.pop(key, value))
+        take_fixed_options(self, kwargs, _FIXED_OPTIONS)
         super().__init__(bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
                          tie_word_embeddings=tie_word_embeddings, **kwargs)
         self.validate_shapes()
 
     def validate_shapes(self) -> None:
         """Raise UserInputError for settings this implementation cannot run."""
-        for key, value in _FIXED_OPTIONS.items():
-            if getattr(self, key) != value:
-                raise UserInputError(f"DeltaNetConfig.{key}={getattr(self, key)!r} is not supported (only {value!r})")
+        check_fixed_options(self, _FIXED_OPTIONS)
         key_dim, value_dim = self.hidden_size * self.expand_k, self.hidden_size * self.expand_v
         if key_dim != int(key_dim) or int(key_dim) % self.num_heads or int(value_dim) % self.num_heads:
             raise UserInputError(

@@ -27,6 +27,7 @@ from refine_bench.kernels.attention import apply_rope, rope_cos_sin, window_atte
 from refine_bench.kernels.lact import LaCTPlan, init_lact_state, lact_swiglu, make_lact_plan
 from refine_bench.models.base import FastWeightPreTrainedModel
 from refine_bench.models.cache import FastWeightCache
+from refine_bench.models.config_options import check_fixed_options, take_fixed_options
 from refine_bench.models.layers import RMSNorm, SwiGLUMLP, swiglu_intermediate_size
 
 BASE_LR = 1e-3  # softplus(0 + inv_softplus(BASE_LR)) = BASE_LR: the learning rate at a zero projection
@@ -118,17 +119,14 @@ class LaCTConfig(PretrainedConfig):
         self.vocab_size = vocab_size
         self.fw_init_gain = fw_init_gain
         self.muon_fp32 = muon_fp32
-        for key, value in _FIXED_OPTIONS.items():
-            setattr(self, key, kwargs.pop(key, value))
+        take_fixed_options(self, kwargs, _FIXED_OPTIONS)
         super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
                          tie_word_embeddings=tie_word_embeddings, **kwargs)
         self.validate_shapes()
 
     def validate_shapes(self) -> None:
         """Raise UserInputError naming the field for settings this implementation cannot run."""
-        for key, value in _FIXED_OPTIONS.items():
-            if getattr(self, key) != value:
-                raise UserInputError(f"LaCTConfig.{key}={getattr(self, key)!r} is not supported (only {value!r})")
+        check_fixed_options(self, _FIXED_OPTIONS)
         for key in ("hidden_size", "num_hidden_layers", "num_attn_heads", "num_lact_heads", "vocab_size",
                     "max_position_embeddings", "lact_chunk_size", "window_size"):
             value = getattr(self, key)
