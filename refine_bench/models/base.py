@@ -8,6 +8,7 @@ attention mask of the current tokens, a `FastWeightCache`, use_cache, output_hid
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,15 @@ from refine_bench.models.checkpoint import check_state_dict, load_state_dict, re
 
 # transformers >= 5.2x names the output's cache `cache`; earlier releases call it `past_key_values`.
 _CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+@dataclass
+class FastWeightLMOutput(CausalLMOutputWithPast):
+    """The causal-LM output, with the recurrent cache as `.cache` on every transformers release (and, on
+    releases that call it so, also as `.past_key_values`, which their `generate` reads)."""
+
+    if _CACHE_FIELD != "cache":
+        cache: FastWeightCache | None = None
 
 
 class FastWeightPreTrainedModel(PreTrainedModel):
@@ -114,14 +124,15 @@ class FastWeightPreTrainedModel(PreTrainedModel):
             shift_labels = labels[:, 1:].to(logits.device)
             loss = F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
                                    ignore_index=-100)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, hidden_states=all_hidden,
-                                      **{_CACHE_FIELD: cache if use_cache else None})
+        out_cache = cache if use_cache else None
+        extra = {} if _CACHE_FIELD == "cache" else {"past_key_values": out_cache}
+        return FastWeightLMOutput(loss=loss, logits=logits, hidden_states=all_hidden, cache=out_cache, **extra)
 
     @torch.no_grad()
     def prefill(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None) -> FastWeightCache:
         """Consume a prompt and return the cache (no logits kept beyond the last position)."""
         out = self(input_ids=input_ids, attention_mask=attention_mask, use_cache=True, logits_to_keep=1)
-        return out[_CACHE_FIELD]
+        return out.cache
 
     def forward_with_snapshots(
         self,
@@ -154,7 +165,7 @@ class FastWeightPreTrainedModel(PreTrainedModel):
                 use_cache=True,
                 output_hidden_states=output_hidden_states,
             )
-            cache = out[_CACHE_FIELD]
+            cache = out.cache
             logits.append(out.logits)
             if output_hidden_states:
                 hiddens.append(out.hidden_states[-1])

@@ -19,6 +19,7 @@ import torch.distributed as dist
 class DistContext:
     rank: int = 0
     world_size: int = 1
+    device: str = "cpu"  # where collectives run: nccl needs CUDA tensors, gloo CPU ones
 
     @property
     def is_main(self) -> bool:
@@ -33,8 +34,11 @@ class DistContext:
         return range(self.rank, n, self.world_size)
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum `tensor` over ranks in place (moved to the collective's device and back when needed)."""
         if self.enabled:
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+            moved = tensor.to(self.device)
+            dist.all_reduce(moved, op=dist.ReduceOp.SUM)
+            tensor.copy_(moved)
         return tensor
 
     def sum_gradients(self, model: torch.nn.Module) -> None:
@@ -62,6 +66,8 @@ def init_distributed(device: str = "cpu") -> DistContext:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext()
+    cuda = device.startswith("cuda")
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-    return DistContext(dist.get_rank(), dist.get_world_size())
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    collective_device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if cuda else "cpu"
+    return DistContext(dist.get_rank(), dist.get_world_size(), collective_device)

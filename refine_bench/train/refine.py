@@ -105,7 +105,8 @@ def _sample(model: FastWeightPreTrainedModel, state: FastWeightCache, first_logi
     tokens, logps = [], []
     for j in range(cfg.rollout_len):
         logp = torch.log_softmax(logits / cfg.sample_temperature, dim=-1)
-        tok = torch.multinomial(logp.exp(), 1, generator=generator)
+        # drawn on the CPU with the sequence's CPU generator: the same samples on any device
+        tok = torch.multinomial(logp.exp().cpu(), 1, generator=generator).to(logp.device)
         tokens.append(tok)
         logps.append(logp.gather(-1, tok))
         if j + 1 < cfg.rollout_len:
@@ -154,7 +155,7 @@ def collect_rollouts(
         all_tokens.append(tokens)
         all_old.append(old_logp)
     rewards = torch.cat(all_rewards)
-    positions = torch.arange(len(starts)).repeat_interleave(n)
+    positions = torch.arange(len(starts), device=rewards.device).repeat_interleave(n)
     groups = torch.zeros_like(positions) if n == 1 else positions
     return Rollouts(starts, torch.cat(all_tokens), torch.cat(all_old), None, rewards, groups,
                     float(entropy.mean()))

@@ -48,7 +48,7 @@ def select_rollout_starts(
     bounds = torch.linspace(start, S, num_chunks + 1).round().long().tolist()
     starts = []
     for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
-        h = entropy[lo:hi].float()
+        h = entropy[lo:hi].float().cpu()  # the CPU generator draws the same positions on any device
         if strategy == "entropy":
             idx = int(torch.multinomial(torch.softmax(h / temperature, -1), 1, generator=generator))
         elif strategy == "uniform":

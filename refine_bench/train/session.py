@@ -56,6 +56,8 @@ def run_training(
     interrupted run finishes where it stopped instead of starting again.
     """
     dist = init_distributed(device)
+    if dist.enabled and device == "cuda":
+        device = dist.device  # one GPU per rank (cuda:LOCAL_RANK)
     work_dir = Path(work_dir) if work_dir is not None else default_work_dir(model_name, config)
     torch.manual_seed(config.seed)
     model = load_model(model_name, device=device, seed=config.seed)

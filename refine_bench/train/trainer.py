@@ -252,7 +252,7 @@ def reward_stats(rollouts: dict[int, Rollouts], dist: DistContext) -> dict[str, 
             vals = r.rewards[r.groups == g]
             zero += int(vals.numel() < 2 or float(vals.std()) == 0.0)
             groups += 1
-    sums = torch.tensor([rewards.sum(), rewards.square().sum(), rewards.numel(), zero, groups],
+    sums = torch.tensor([float(rewards.sum()), float(rewards.square().sum()), rewards.numel(), zero, groups],
                         dtype=torch.float64)
     dist.all_reduce_sum(sums)
     n = max(float(sums[2]), 1.0)
