@@ -77,7 +77,8 @@ def niah_heatmaps(runs: list[Run], out_dir: Path) -> list[Path]:
         lengths, depths, grid = niah_depth_grid(run.niah_depths())
         if not lengths:
             continue
-        fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(lengths), 0.5 + 0.45 * len(depths)))
+        # at least 4.5 x 2.5 inches, so a run with one length and two depths still has a readable title
+        fig, ax = plt.subplots(figsize=(max(4.5, 1.2 + 1.1 * len(lengths)), max(2.5, 0.5 + 0.45 * len(depths))))
         data = [[float("nan") if v is None else v for v in row] for row in grid]
         im = ax.imshow(data, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto", origin="upper")
         ax.set_xticks(range(len(lengths)), [str(L) for L in lengths])
