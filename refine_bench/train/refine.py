@@ -9,7 +9,7 @@ sampled tokens gives the log-probs and the policy's hidden states.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +60,6 @@ class SequenceTerms:
     ntp_tokens: int
     rl_sum: torch.Tensor
     rl_tokens: int
-    stats: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -186,14 +185,7 @@ def sequence_terms(
     advantages = group_advantages(rollouts.rewards, rollouts.groups).to(rollouts.logp.device)
     per_token = clipped_surrogate(rollouts.logp, rollouts.old_logp, advantages, cfg.clip_low, cfg.clip_high,
                                   cfg.dual_clip)
-    r, g = rollouts.rewards, rollouts.groups
-    stats = {
-        "reward_mean": float(r.mean()),
-        "reward_std": float(r.std()) if r.numel() > 1 else 0.0,
-        "frac_reward_zero_std": _frac_zero_std(r, g),
-        "entropy_mean": rollouts.entropy_mean,
-    }
-    return SequenceTerms(ntp, ntp_tokens, per_token.sum(), per_token.numel(), stats)
+    return SequenceTerms(ntp, ntp_tokens, per_token.sum(), per_token.numel())
 
 
 def refine_sequence_terms(
@@ -205,10 +197,3 @@ def refine_sequence_terms(
     """On-policy REFINE terms for one sequence: collect rollouts, then the grad-carrying loss terms."""
     rollouts = collect_rollouts(model, ids, cfg, generator)
     return sequence_terms(model, ids, cfg, rollouts), rollouts
-
-
-def _frac_zero_std(rewards: torch.Tensor, groups: torch.Tensor) -> float:
-    """Fraction of groups whose rewards are all equal (they carry no learning signal)."""
-    flat = [float(rewards[groups == g].std()) == 0.0 if int((groups == g).sum()) > 1 else True
-            for g in groups.unique()]
-    return sum(flat) / len(flat)

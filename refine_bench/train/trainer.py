@@ -244,7 +244,8 @@ def optimize_items(
 
 
 def reward_stats(rollouts: dict[int, Rollouts], dist: DistContext) -> dict[str, float]:
-    """Reward mean/std and the fraction of groups with zero reward spread, over all ranks."""
+    """Reward mean/std, the fraction of groups with zero reward spread (no learning signal) and the mean
+    next-token entropy of the sequences, over all ranks."""
     rewards = torch.cat([r.rewards.double() for r in rollouts.values()]) if rollouts else torch.zeros(0)
     zero, groups = 0, 0
     for r in rollouts.values():
@@ -252,11 +253,13 @@ def reward_stats(rollouts: dict[int, Rollouts], dist: DistContext) -> dict[str, 
             vals = r.rewards[r.groups == g]
             zero += int(vals.numel() < 2 or float(vals.std()) == 0.0)
             groups += 1
-    sums = torch.tensor([float(rewards.sum()), float(rewards.square().sum()), rewards.numel(), zero, groups],
-                        dtype=torch.float64)
+    entropy = sum(r.entropy_mean for r in rollouts.values())
+    sums = torch.tensor([float(rewards.sum()), float(rewards.square().sum()), rewards.numel(), zero, groups,
+                         entropy, len(rollouts)], dtype=torch.float64)
     dist.all_reduce_sum(sums)
     n = max(float(sums[2]), 1.0)
     mean = float(sums[0]) / n
     var = max(float(sums[1]) / n - mean**2, 0.0) * n / max(n - 1, 1)
-    return {"reward_mean": mean, "reward_std": var**0.5, "frac_reward_zero_std": float(sums[3] / max(sums[4], 1))}
+    return {"reward_mean": mean, "reward_std": var**0.5, "frac_reward_zero_std": float(sums[3] / max(sums[4], 1)),
+            "entropy_mean": float(sums[5] / max(sums[6], 1))}
 
