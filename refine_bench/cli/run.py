@@ -22,6 +22,10 @@ def run_command(
     batch_size: int | None = typer.Option(None, help="Sequences per step (preset 128; tiny models 4)."),
     seq_len: int | None = typer.Option(None, help="Tokens per training sequence (preset 16384; tiny 256)."),
     lr: float | None = typer.Option(None, help="Learning rate (preset 1e-6)."),
+    num_chunks: int | None = typer.Option(None, "--chunks", help="REFINE c (ablation: 2 vs 8)."),
+    rollout_len: int | None = typer.Option(None, "--rollout-len", help="REFINE k (ablation: 1, 3, 5, 7)."),
+    reward: str | None = typer.Option(None, help="REFINE reward: cosine (mid preset), binary or hybrid."),
+    selection: str | None = typer.Option(None, help="REFINE positions: entropy, uniform, argmax or argmin."),
     tasks: str = typer.Option("niah", help="Evaluation tasks or groups (niah, ruler_qa, longbench, ...)."),
     lengths: str | None = typer.Option(None, help="Evaluation lengths, e.g. 4096,8192,16384."),
     limit: int | None = typer.Option(None, help="Evaluation samples per task and length."),
@@ -41,7 +45,8 @@ def run_command(
         from refine_bench.train.session import run_training
 
         config = build_config(model, arm, "mid", steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr,
-                              seed=seed)
+                              seed=seed, num_chunks=num_chunks, rollout_len=rollout_len, reward=reward,
+                              selection=selection)
         result = run_training(model, config, data=data, work_dir=work_dir, runs_dir=runs_dir, device=device,
                               command=sys.argv)
         checkpoint = result.checkpoint
