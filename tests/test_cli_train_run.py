@@ -47,3 +47,15 @@ def test_bad_training_input_exits_2(tmp_path):
     assert res.returncode == 2 and "missing.jsonl does not exist" in res.stderr
     res = cli("train", "--reward", "bleu", cwd=tmp_path)
     assert res.returncode == 2 and "reward must be one of" in res.stderr
+
+
+def test_run_with_ablation_knobs_labels_both_records(tmp_path):
+    res = cli("run", "--model", "deltanet-tiny", "--arm", "refine", "--reward", "binary", "--chunks", "2",
+              "--batch-size", "2", "--seq-len", "96", "--steps", "1", "--tasks", "niah_single_1", "--lengths", "512",
+              "--limit", "1", "--runs-dir", str(tmp_path / "runs"), "--work-dir", str(tmp_path / "w"), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    metas = [json.loads((r / "run.json").read_text()) for r in sorted((tmp_path / "runs").iterdir())]
+    assert sorted(m["kind"] for m in metas) == ["eval", "train"]
+    assert {m["config"]["variant"] for m in metas} == {"chunks=2,reward=binary"}
+    train = next(m for m in metas if m["kind"] == "train")
+    assert (train["config"]["refine"]["reward"], train["config"]["refine"]["num_chunks"]) == ("binary", 2)

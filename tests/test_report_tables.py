@@ -78,9 +78,10 @@ def test_model_labels() -> None:
 
 
 def _run(root: Path, minutes: int, model: str, stages: dict, scores: list[dict], monkeypatch: pytest.MonkeyPatch,
-         extra: dict | None = None) -> str:
+         extra: dict | None = None, variant: str | None = None) -> str:
     monkeypatch.setattr(records, "utc_now", lambda: T0 + timedelta(minutes=minutes))
-    rec = RunRecord.create(root, kind="eval", model=model, stages=stages, config={"device": "cpu"}, seed=0)
+    rec = RunRecord.create(root, kind="eval", model=model, stages=stages, config={"device": "cpu", "variant": variant},
+                           seed=0)
     rows = [{"stderr": None, "n": 10, **s} for s in scores]
     rec.write_scores(rows)
     for name, text in (extra or {}).items():
@@ -220,3 +221,16 @@ def test_build_with_runs_writes_tables_and_plots(runs_dir: Path, tmp_path: Path)
     hit = csv3[(csv3.model == "DeltaNet-1.3B") & (csv3["mid"] == "refine") & (csv3.family == "niah_single")
                & (csv3.length == "4096")]
     assert hit.ours.iloc[0] == pytest.approx(75.0) and hit.n_runs.iloc[0] == 2
+
+
+def test_ablation_runs_get_their_own_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A newer run with non-preset settings (here the binary reward) must not replace the preset REFINE cell."""
+    root = tmp_path / "runs"
+    _run(root, 1, "deltanet-1.3b", {"mid": "refine"}, [_niah("niah_single_1", 4096, 0.5)], monkeypatch)
+    _run(root, 2, "deltanet-1.3b", {"mid": "refine"}, [_niah("niah_single_1", 4096, 0.25)], monkeypatch,
+         variant="reward=binary")
+    tables = build_tables(load_runs(root).frame(), load_paper_results())
+    preset = tables["3"].cell(("DeltaNet-1.3B", "refine", None, None), "niah_single", "4096")
+    ablation = tables["3"].cell(("DeltaNet-1.3B [reward=binary]", "refine", None, None), "niah_single", "4096")
+    assert preset["ours"] == 50.0 and preset["n_runs"] == 1
+    assert ablation["ours"] == 25.0 and ablation["paper"] is None

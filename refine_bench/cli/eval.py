@@ -50,6 +50,8 @@ def eval_command(
                                          "(default 1)."),
     ttt_batch_size: int | None = typer.Option(None, "--ttt-batch-size", help="Prompts per adapted batch "
                                               "(preset 8)."),
+    variant: str | None = typer.Option(None, help="Label for a checkpoint trained with non-preset settings "
+                                       "(e.g. 'reward=binary'); the report gives such runs their own rows."),
 ) -> None:
     """Evaluate a model with lm-eval on the paper's tasks; writes a run record under --output."""
     from refine_bench.eval.runner import run_eval
@@ -59,7 +61,7 @@ def eval_command(
         model, [tasks], checkpoint=checkpoint, lengths=_ints(lengths), limit=limit, output=output,
         batch_size=batch_size, device=device, dtype=dtype, seed=seed, data_dir=data_dir, include_path=include_path,
         ruler_qa_paths=ruler_qa_file or None, max_length=max_length,
-        stages={"mid": mid, "post": post, "ttt": ttt_arm}, **ttt,
+        stages={"mid": mid, "post": post, "ttt": ttt_arm}, variant=variant, **ttt,
     )
     if path is not None:
         typer.echo(str(path))

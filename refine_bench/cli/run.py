@@ -40,6 +40,9 @@ def run_command(
 
     if arm not in ARMS:
         raise UserInputError(f"unknown arm {arm!r}; valid arms: {', '.join(ARMS)}")
+    # the paper's ablation knobs that depart from the preset label the runs, so the report keeps them apart
+    knobs = (("chunks", num_chunks), ("k", rollout_len), ("reward", reward), ("selection", selection))
+    variant = ",".join(f"{name}={value}" for name, value in knobs if value is not None) if arm == "refine" else ""
     checkpoint = None
     if arm != "base":
         from refine_bench.train.session import run_training
@@ -48,12 +51,12 @@ def run_command(
                               seed=seed, num_chunks=num_chunks, rollout_len=rollout_len, reward=reward,
                               selection=selection)
         result = run_training(model, config, data=data, work_dir=work_dir, runs_dir=runs_dir, device=device,
-                              command=sys.argv)
+                              command=sys.argv, variant=variant)
         checkpoint = result.checkpoint
         typer.echo(f"trained {model} with {arm}: {result.record}")
     path = run_eval(model, [tasks], checkpoint=str(checkpoint) if checkpoint else None, lengths=_ints(lengths),
                     limit=limit, output=runs_dir, batch_size=eval_batch_size, device=device, seed=seed,
-                    stages={"mid": None if arm == "base" else arm}, command=sys.argv)
+                    stages={"mid": None if arm == "base" else arm}, command=sys.argv, variant=variant)
     if path is not None:
         typer.echo(f"evaluated: {path}")
         for line in (Path(path) / "scores.jsonl").read_text().splitlines():

@@ -198,6 +198,7 @@ def run_eval(
     ttt_adapter: Any = None,
     ttt_batch_size: int = 8,
     ttt_settings: dict[str, Any] | None = None,
+    variant: str | None = None,
 ) -> Path | None:
     """Evaluate `model` on `tasks` with lm-eval and write a run record; returns its folder (None off rank 0).
 
@@ -262,7 +263,7 @@ def run_eval(
     config = {"tasks": names, "leaf_tasks": leaves, "lengths": lengths, "limit": limit, "batch_size": batch_size,
               "device": str(lm.device), "dtype": dtype, "max_length": lm.max_length, "checkpoint": checkpoint,
               "data_dir": meta.get("data_dir"), "include_path": include, "world_size": lm.world_size,
-              "ruler_qa_paths": meta.get("ruler_qa_paths")}
+              "ruler_qa_paths": meta.get("ruler_qa_paths"), "variant": variant or None}
     if hasattr(lm, "ttt_settings"):
         config["ttt"] = lm.ttt_settings()
 

@@ -18,7 +18,7 @@ from typing import Any
 from refine_bench.errors import UserInputError
 from refine_bench.fileio import append_jsonl, atomic_write_json
 from refine_bench.records import KNOWN_GROUPS, RUN_JSON, utc_now
-from refine_bench.report.loader import load_run, stages_key
+from refine_bench.report.loader import load_run, run_variant, stages_key
 
 DEFAULT_HISTORY = Path("results/history.jsonl")
 DIRECTIONS = ("bigger", "smaller")
@@ -113,6 +113,9 @@ def rows_from_run(run_dir: Path, *, commit: str, date: str | None = None,
         raise UserInputError(f"{run_dir}: run status is {run.meta.get('status')!r}, not 'ok'")
     key = stages_key(run.stages)
     benchmark = f"{run.meta['kind']}/{run.meta['model']}" + ("" if key == "-/-/-" else f"/{key}")
+    variant = run_variant(run.meta)
+    if variant:  # ablation settings are a different benchmark, not a change of the preset one
+        benchmark += f" [{variant}]"
     deterministic = _run_is_deterministic(run.meta)
     base = _base_row(commit, date, machine)
     rows = []

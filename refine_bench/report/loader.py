@@ -27,7 +27,7 @@ from refine_bench.records import (
 
 DEFAULT_RUNS_DIR = Path("results/runs")
 SCORE_COLUMNS = ["model", "arm", "phase", "stages", "mid", "post", "ttt", "task", "group", "length", "metric",
-                 "value", "stderr", "n", "run_id", "created", "kind"]
+                 "value", "stderr", "n", "run_id", "created", "kind", "variant"]
 
 
 @dataclass
@@ -70,6 +70,11 @@ class RunSet:
 
     def frame(self) -> pd.DataFrame:
         return scores_frame(self.runs)
+
+
+def run_variant(meta: dict[str, Any]) -> str:
+    """The run's settings label (e.g. 'reward=binary') when it departs from the presets; '' otherwise."""
+    return str((meta.get("config") or {}).get("variant") or "")
 
 
 def stages_key(stages: dict[str, str | None]) -> str:
@@ -161,6 +166,7 @@ def scores_frame(runs: list[Run]) -> pd.DataFrame:
                 "task": row["task"], "group": row["group"], "length": row["length"], "metric": row["metric"],
                 "value": row["value"], "stderr": row["stderr"], "n": row["n"],
                 "run_id": run.run_id, "created": run.created, "kind": run.meta.get("kind"),
+                "variant": run_variant(run.meta),
             })
     frame = pd.DataFrame.from_records(records, columns=SCORE_COLUMNS)
     frame["length"] = frame["length"].astype("Int64")

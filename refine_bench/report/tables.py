@@ -111,7 +111,10 @@ def collect_raw_cells(scores: pd.DataFrame, spec: TableSpec) -> dict[tuple[RowKe
     sel = sel.sort_values(["created", "run_id"], kind="stable")
     for rec in sel.to_dict("records"):
         stages = (arm_or_none(rec["mid"]), arm_or_none(rec["post"]), arm_or_none(rec["ttt"]))
-        row: RowKey = (model_label(rec["model"]), *stages)
+        # a run with non-preset settings (an ablation) gets its own row, never a preset run's cell
+        variant = rec.get("variant") or ""
+        label = model_label(rec["model"]) + (f" [{variant}]" if variant else "")
+        row: RowKey = (label, *stages)
         length = None if pd.isna(rec["length"]) else int(rec["length"])
         if not spec.by_length:
             length = None

@@ -49,11 +49,13 @@ def run_training(
     device: str = "cpu",
     resume: bool = True,
     command: list[str] | None = None,
+    variant: str = "",
 ) -> TrainResult:
     """Train `model_name` with `config` on `data`; checkpoints in `work_dir`, metrics in a run record.
 
     With resume=True (default), a complete checkpoint already in `work_dir` is continued from, so an
-    interrupted run finishes where it stopped instead of starting again.
+    interrupted run finishes where it stopped instead of starting again. `variant` labels runs whose
+    settings depart from the preset (ablations), so reports keep them apart.
     """
     dist = init_distributed(device)
     if dist.enabled and device == "cuda":
@@ -82,7 +84,8 @@ def run_training(
         record = RunRecord.create(runs_dir, kind="train", model=model_name, stages=stages,
                                   config={**config.to_dict(), "data": str(data), "work_dir": str(work_dir),
                                           "device": device, "world_size": dist.world_size,
-                                          "resumed_from": str(previous) if previous else None},
+                                          "resumed_from": str(previous) if previous else None,
+                                          "variant": variant or None},
                                   seed=config.seed, command=command)
     trainer = Trainer(model, tokenizer, config, stream, output_dir=work_dir, dist=dist,
                       log_fn=record.log_metrics if record is not None else None)
