@@ -58,3 +58,28 @@ def append_jsonl(path: str | os.PathLike[str], row: dict[str, Any]) -> None:
         fh.write(json.dumps(row, default=str) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """JSON-object lines of a UTF-8 file (blank lines skipped); errors name the file and the line."""
+    from refine_bench.errors import UserInputError
+
+    path = Path(path)
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise UserInputError(f"data file {path}: line {line} is not valid UTF-8 ({exc.reason})") from exc
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserInputError(f"data file {path}: line {number} is not valid JSON ({exc.msg})") from exc
+        if not isinstance(row, dict):
+            raise UserInputError(f"data file {path}: line {number} is not a JSON object")
+        rows.append(row)
+    return rows

@@ -114,6 +114,9 @@ def test_qa_reading_encoding_and_errors(tmp_path):
     (tmp_path / "bad.jsonl").write_text(json.dumps({"prompt": "x"}) + "\n")
     with pytest.raises(UserInputError, match="needs 'prompt' and 'answer'"):
         read_qa_pairs(tmp_path / "bad.jsonl")
+    (tmp_path / "broken.jsonl").write_text(json.dumps({"prompt": "p", "answer": "a"}) + "\n{not json\n")
+    with pytest.raises(UserInputError, match="broken.jsonl: line 2 is not valid JSON"):
+        read_qa_pairs(tmp_path / "broken.jsonl")
     with pytest.raises(UserInputError, match="valid arms: sft, nested_sft, nested_refine"):
         TrainConfig(arm="refine", phase="post")
 

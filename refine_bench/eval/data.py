@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from refine_bench.errors import UserInputError
+from refine_bench.fileio import read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def read_records(path: str | os.PathLike[str], required: Sequence[str]) -> list[
     if path.suffix == ".parquet":
         rows = _read_parquet(path)
     elif path.suffix in (".jsonl", ".json"):
-        rows = _read_jsonl(path)
+        rows = read_jsonl(path)
     else:
         raise UserInputError(f"data file {path}: unsupported format (use .parquet or .jsonl)")
     if not rows:
@@ -85,27 +86,6 @@ def _read_parquet(path: Path) -> list[dict[str, Any]]:
         return table.to_pylist()
     except (pa.ArrowException, UnicodeDecodeError) as exc:
         raise UserInputError(f"data file {path}: cannot decode its contents ({exc}); is the text UTF-8?") from exc
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise UserInputError(f"data file {path}: line {line} is not valid UTF-8 ({exc.reason})") from exc
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserInputError(f"data file {path}: line {number} is not valid JSON ({exc.msg})") from exc
-        if not isinstance(row, dict):
-            raise UserInputError(f"data file {path}: line {number} is not a JSON object")
-        rows.append(row)
-    return rows
 
 
 def _text(path: Path, row: int, column: str, value: Any) -> str:

@@ -8,7 +8,6 @@ documents of >= 16K tokens) download them yourself and pass the folder.
 from __future__ import annotations
 
 import inspect
-import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import torch
 
 from refine_bench.errors import UserInputError
+from refine_bench.fileio import read_jsonl
 
 BUILTIN = "builtin"
 # Standard-library modules whose docstrings form the built-in corpus (English prose with code and numbers,
@@ -56,14 +56,11 @@ def read_documents(source: str | Path) -> list[str]:
 def _read_file(file: Path) -> list[str]:
     try:
         if file.suffix == ".jsonl":
-            docs = []
-            for i, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
-                if line.strip():
-                    row = json.loads(line)
-                    if "text" not in row:
-                        raise UserInputError(f"{file}:{i} has no 'text' field")
-                    docs.append(str(row["text"]))
-            return docs
+            rows = read_jsonl(file)
+            for i, row in enumerate(rows, 1):
+                if "text" not in row:
+                    raise UserInputError(f"{file} row {i} has no 'text' field")
+            return [str(row["text"]) for row in rows]
         if file.suffix == ".txt":
             return [file.read_text(encoding="utf-8")]
         if file.suffix == ".parquet":
@@ -75,8 +72,6 @@ def _read_file(file: Path) -> list[str]:
             return [str(t) for t in frame["text"]]
     except UnicodeDecodeError as exc:
         raise UserInputError(f"{file} is not valid UTF-8: {exc}") from exc
-    except json.JSONDecodeError as exc:
-        raise UserInputError(f"{file} is not valid JSON lines: {exc}") from exc
     return []
 
 
@@ -147,10 +142,7 @@ def read_qa_pairs(source: str | Path) -> list[tuple[str, str]]:
 
             rows = pd.read_parquet(file).to_dict("records")
         else:
-            try:
-                rows = [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise UserInputError(f"{file} is not valid UTF-8 JSON lines: {exc}") from exc
+            rows = read_jsonl(file)
         for i, row in enumerate(rows, 1):
             if "prompt" not in row or "answer" not in row:
                 raise UserInputError(f"{file} row {i} needs 'prompt' and 'answer' fields, has {sorted(row)}")
