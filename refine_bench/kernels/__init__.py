@@ -37,8 +37,8 @@ def delta_rule(
     """
     if mode not in ("chunk", "recurrent"):
         raise ValueError(f"mode must be 'chunk' or 'recurrent', got {mode!r}")
-    check_delta_rule_args(q, k, v, beta, initial_state)
     if resolve_backend(backend, q.device) == "fla":
+        check_delta_rule_args(q, k, v, beta, initial_state)  # the torch kernels check their own arguments
         from fla.ops.delta_rule import chunk_delta_rule, fused_recurrent_delta_rule
 
         state = None if initial_state is None else initial_state.float()
