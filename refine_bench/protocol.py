@@ -30,6 +30,9 @@ BASE_ARM = "base"  # no training at all
 # `refine-bench run` trains the mid-training stage with one of these (or none, `base`).
 RUN_ARMS = (BASE_ARM, *STAGE_ARMS["mid"])
 TTT_ARMS = STAGE_ARMS["ttt"]
+# How the paper's tables print each arm, in the order its rows list them.
+ARM_LABELS = {BASE_ARM: "base", "sft": "SFT", "nested_sft": "nested SFT", "refine": "REFINE",
+              "nested_refine": "nested REFINE"}
 TTT_BATCH_SIZE = 8  # the paper's test-time-training batch (Table 2)
 
 # ------------------------------------------------------------------------------------------------ tasks
@@ -37,6 +40,8 @@ TTT_BATCH_SIZE = 8  # the paper's test-time-training batch (Table 2)
 TASK_GROUPS = ("niah", "ruler_qa", "longbench")  # the paper's evaluation groups (scores in [0, 1])
 PAPER_GROUP = "refine_paper"  # all three groups
 PAPER_LENGTHS = (4096, 8192, 16384)  # context lengths the paper reports for NIAH and RULER QA
+# The metric each group's tidy score rows carry (NIAH recall; RULER QA and LongBench a score in [0, 1]).
+GROUP_METRICS = {"niah": "recall", "ruler_qa": "score", "longbench": "score"}
 
 NIAH_TASKS = (
     "niah_single_1", "niah_single_2", "niah_single_3",
