@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader never sees a half-written file, and a crash never destroys the old one."""
+"""Files: atomic writes (a reader never sees a half-written file, a crash never destroys the old one) and the
+one JSON-lines reader."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from refine_bench.errors import UserInputError
 
 
 def _current_umask() -> int:
@@ -60,26 +63,36 @@ def append_jsonl(path: str | os.PathLike[str], row: dict[str, Any]) -> None:
         os.fsync(fh.fileno())
 
 
-def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """JSON-object lines of a UTF-8 file (blank lines skipped); errors name the file and the line."""
-    from refine_bench.errors import UserInputError
-
+def read_jsonl_lines(path: str | os.PathLike[str], *, what: str = "data file",
+                     allow_torn_tail: bool = False) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each JSON-object line of a UTF-8 file, blank lines skipped; errors name the file
+    and the line. `allow_torn_tail` drops a last line that does not parse and lacks its newline: the line an
+    append (:func:`append_jsonl`) was writing when its process died."""
     path = Path(path)
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise UserInputError(f"data file {path}: line {line} is not valid UTF-8 ({exc.reason})") from exc
+        raise UserInputError(f"{what} {path}: line {line} is not valid UTF-8 ({exc.reason})") from exc
+    lines = text.splitlines()
     rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise UserInputError(f"data file {path}: line {number} is not valid JSON ({exc.msg})") from exc
+            if allow_torn_tail and number == len(lines) and not text.endswith("\n"):
+                break
+            raise UserInputError(f"{what} {path}: line {number} is not valid JSON ({exc.msg})") from exc
         if not isinstance(row, dict):
-            raise UserInputError(f"data file {path}: line {number} is not a JSON object")
-        rows.append(row)
+            raise UserInputError(f"{what} {path}: line {number} is not a JSON object")
+        rows.append((number, row))
     return rows
+
+
+def read_jsonl(path: str | os.PathLike[str], *, what: str = "data file",
+               allow_torn_tail: bool = False) -> list[dict[str, Any]]:
+    """The JSON-object lines of a UTF-8 file (see :func:`read_jsonl_lines`)."""
+    return [row for _, row in read_jsonl_lines(path, what=what, allow_torn_tail=allow_torn_tail)]

@@ -1,4 +1,4 @@
-"""Run records: one self-describing folder per train/eval/run/bench invocation.
+"""Run records: one self-describing folder per train or eval invocation.
 
 A run is written into a hidden temporary folder under the results root (``results/runs/.tmp-<run_id>``) and
 published with a single directory rename by :meth:`RunRecord.finish`, so a reader listing ``results/runs``
@@ -16,52 +16,36 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import re
 import secrets
-import subprocess
 import sys
-from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from refine_bench.errors import UserInputError
 from refine_bench.fileio import append_jsonl, atomic_write_json, atomic_write_text
+from refine_bench.protocol import BASE_ARM, STAGE_ARMS, STAGES, TASK_GROUPS
+from refine_bench.provenance import device_info, git_sha, package_versions, utc_now
 
 SCHEMA_VERSION = 1
-KINDS = ("train", "eval", "run", "bench")
-STAGE_ORDER = ("mid", "post", "ttt")
-STAGE_ARMS: dict[str, tuple[str, ...]] = {
-    "mid": ("sft", "refine"),
-    "post": ("sft", "nested_sft", "nested_refine"),
-    "ttt": ("sft", "refine"),
-}
-KNOWN_GROUPS = ("niah", "ruler_qa", "longbench")
+KINDS = ("train", "eval")
 TMP_PREFIX = ".tmp-"
 RUN_JSON = "run.json"
 SCORES_FILE = "scores.jsonl"
 TRAIN_METRICS_FILE = "train_metrics.jsonl"
 NIAH_DEPTHS_FILE = "niah_depths.jsonl"
-_VERSIONED_PACKAGES = {"torch": "torch", "transformers": "transformers", "lm_eval": "lm_eval",
-                       "refine_bench": "refine-bench"}
 _STATUSES = ("ok", "failed", "interrupted")
-
-
-def utc_now() -> datetime:
-    """Timezone-aware current UTC time (one place, so tests can reason about ordering)."""
-    return datetime.now(timezone.utc)
 
 
 def normalize_stages(stages: dict[str, Any] | None) -> dict[str, str | None]:
     """Validate a stages dict and return it with all three keys (missing ones None)."""
     stages = dict(stages or {})
-    unknown = set(stages) - set(STAGE_ORDER)
+    unknown = set(stages) - set(STAGES)
     if unknown:
-        raise UserInputError(f"unknown stage(s) {sorted(unknown)}; stages are {list(STAGE_ORDER)}")
+        raise UserInputError(f"unknown stage(s) {sorted(unknown)}; stages are {list(STAGES)}")
     out: dict[str, str | None] = {}
-    for stage in STAGE_ORDER:
+    for stage in STAGES:
         arm = stages.get(stage)
         if arm is not None and arm not in STAGE_ARMS[stage]:
             raise UserInputError(f"unknown arm {arm!r} for stage {stage!r}; choose from {list(STAGE_ARMS[stage])}")
@@ -71,55 +55,18 @@ def normalize_stages(stages: dict[str, Any] | None) -> dict[str, str | None]:
 
 def arm_and_phase(stages: dict[str, str | None]) -> tuple[str, str | None]:
     """The last non-None stage and its arm, or ("base", None) for an untrained model."""
-    for stage in reversed(STAGE_ORDER):
+    for stage in reversed(STAGES):
         if stages.get(stage) is not None:
             return str(stages[stage]), stage
-    return "base", None
+    return BASE_ARM, None
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:60] or "model"
 
 
-def git_sha(cwd: Path | None = None) -> str | None:
-    """HEAD's SHA of the repository holding `cwd` (default: this package's source tree), or None."""
-    where = cwd or Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    sha = out.stdout.strip()
-    return sha if out.returncode == 0 and sha else None
-
-
-def package_versions() -> dict[str, str | None]:
-    """Installed versions of the packages that decide a result."""
-    versions: dict[str, str | None] = {}
-    for key, dist in _VERSIONED_PACKAGES.items():
-        try:
-            versions[key] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[key] = None
-    versions["python"] = platform.python_version()
-    return versions
-
-
-def _device_info(config: dict[str, Any]) -> dict[str, Any]:
-    info: dict[str, Any] = {"requested": config.get("device"), "platform": platform.platform(),
-                            "machine": platform.machine(), "processor": platform.processor() or None}
-    torch = sys.modules.get("torch")  # only describe CUDA if torch is already loaded; never import it here
-    if torch is not None:
-        try:
-            if torch.cuda.is_available():
-                info["cuda"] = torch.version.cuda
-                info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        except Exception:  # noqa: BLE001 - a broken CUDA setup must not stop a run being recorded
-            info["cuda"] = None
-    return info
-
-
 def validate_score_row(row: dict[str, Any]) -> dict[str, Any]:
-    """Check one tidy score row (CONTEXT contract 3) and return it normalised."""
+    """Check one tidy score row and return it normalised."""
     if not isinstance(row, dict):
         raise UserInputError(f"score row must be a dict, got {type(row).__name__}")
     missing = {"task", "group", "metric", "value"} - set(row)
@@ -134,7 +81,7 @@ def validate_score_row(row: dict[str, Any]) -> dict[str, Any]:
     value = row["value"]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise UserInputError(f"score row {row!r}: value must be a finite number")
-    if group in KNOWN_GROUPS and not 0.0 <= value <= 1.0:
+    if group in TASK_GROUPS and not 0.0 <= value <= 1.0:
         raise UserInputError(f"score row {row!r}: {group} values are fractions in [0, 1] (the report scales by 100)")
     stderr = row.get("stderr")
     if stderr is not None:
@@ -188,7 +135,7 @@ class RunRecord:
             "cwd": os.getcwd(),
             "git_sha": git_sha(),
             "versions": package_versions(),
-            "device": _device_info(config),
+            "device": device_info(config.get("device")),
             "seeds": {"seed": seed},
             "start_time": start.isoformat(),
             "end_time": None,

@@ -9,10 +9,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from refine_bench.cli.report import app
 from refine_bench.report.dashboard import CHART_CLASS, render_dashboard
+from tests.report_cli import run_cli
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--enable-logging=stderr",
@@ -69,12 +68,13 @@ def _chromium_check(page: Path, tmp_path: Path) -> tuple[str, list[str]]:
     return proc.stdout, console
 
 
-def test_dashboard_opens_in_chromium_without_console_errors(tmp_path: Path) -> None:
+def test_dashboard_opens_in_chromium_without_console_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                                             ) -> None:
     hist = tmp_path / "history.jsonl"
     hist.write_text("".join(json.dumps(r) + "\n" for r in _rows()))
     out = tmp_path / "dash" / "index.html"
-    res = CliRunner().invoke(app, ["dashboard", "--history", str(hist), "--out", str(out)])
-    assert res.exit_code == 0, res.output
+    code, output = run_cli(capsys, "dashboard", "--history", hist, "--out", out)
+    assert code == 0, output
     dom, console = _chromium_check(out, tmp_path)
     assert console == []
     assert len(_figures(dom)) == 3  # one chart element per tracked metric, as rendered by the browser

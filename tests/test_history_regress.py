@@ -6,21 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from refine_bench.cli.report import app
 from refine_bench.errors import UserInputError
 from refine_bench.records import RunRecord
-from refine_bench.report.history import (
-    export_github_action_benchmark,
-    guess_direction_unit,
-    read_history,
-    rows_from_bench_json,
-    rows_from_run,
-)
+from refine_bench.report.history import read_history
+from refine_bench.report.history_export import export_github_action_benchmark
+from refine_bench.report.history_sources import rows_from_bench_json, rows_from_run
+from refine_bench.report.metric_units import guess_direction_unit
 from refine_bench.report.regress import compare, resolve_baseline
-
-runner = CliRunner()
+from tests.report_cli import run_cli
 
 
 def _row(commit: str, metric: str, value: float, *, direction: str = "bigger", deterministic: bool = True,
@@ -46,9 +40,10 @@ def _history(tmp_path: Path, *, recall: float = 50.0, loss: float = 2.0, speed: 
     return _write(tmp_path / "history.jsonl", rows)
 
 
-def _regress(history: Path, *args: str) -> tuple[int, str]:
-    res = runner.invoke(app, ["regress", "--history", str(history), *args])
-    return res.exit_code, res.output
+@pytest.fixture
+def regress(capsys: pytest.CaptureFixture[str]):
+    """`refine-bench regress --history HISTORY ARGS...` -> (exit code, output)."""
+    return lambda history, *args: run_cli(capsys, "regress", "--history", history, *args)
 
 
 @pytest.mark.parametrize(("recall", "loss", "code"), [
@@ -59,31 +54,31 @@ def _regress(history: Path, *args: str) -> tuple[int, str]:
     (50.0, 2.2, 1),    # loss +10% on a smaller-is-better metric: regression
     (50.0, 1.0, 0),    # loss halved: improvement, even though the value dropped by 50%
 ])
-def test_regress_direction_aware(tmp_path: Path, recall: float, loss: float, code: int) -> None:
-    exit_code, out = _regress(_history(tmp_path, recall=recall, loss=loss), "--baseline", "last",
+def test_regress_direction_aware(tmp_path: Path, recall: float, loss: float, code: int, regress) -> None:
+    exit_code, out = regress(_history(tmp_path, recall=recall, loss=loss), "--baseline", "last",
                               "--tolerance", "0.05")
     assert exit_code == code, out
 
 
-def test_speed_is_flagged_but_never_gates_unless_asked(tmp_path: Path) -> None:
+def test_speed_is_flagged_but_never_gates_unless_asked(tmp_path: Path, regress) -> None:
     hist = _history(tmp_path, speed=1.0)  # speedup fell from 3.0 to 1.0
-    code, out = _regress(hist, "--baseline", "last")
+    code, out = regress(hist, "--baseline", "last")
     assert code == 0
     assert "FLAG regressed" in out and "bench/kernels :: speedup" in out and "not gating" in out
-    code, out = _regress(hist, "--baseline", "last", "--gate-speed")
+    code, out = regress(hist, "--baseline", "last", "--gate-speed")
     assert code == 1 and "FAIL regressed" in out
 
 
-def test_baseline_refs(tmp_path: Path) -> None:
+def test_baseline_refs(tmp_path: Path, regress) -> None:
     hist = _history(tmp_path, recall=40.0)
-    assert _regress(hist, "--baseline", "aaaa")[0] == 1  # SHA prefix of the older commit
-    assert _regress(hist, "--baseline", "bbbb")[0] == 0  # against itself
+    assert regress(hist, "--baseline", "aaaa")[0] == 1  # SHA prefix of the older commit
+    assert regress(hist, "--baseline", "bbbb")[0] == 0  # against itself
     other = _write(tmp_path / "main.jsonl", [_row("c" * 40, "niah_single_1@4096/recall", 41.0)])
-    assert _regress(hist, "--baseline", str(other))[0] == 0  # 40 vs 41: -2.4%, within tolerance
-    code, out = _regress(hist, "--baseline", "deadbeef")
+    assert regress(hist, "--baseline", str(other))[0] == 0  # 40 vs 41: -2.4%, within tolerance
+    code, out = regress(hist, "--baseline", "deadbeef")
     assert code == 2 and "unknown baseline" in out
     single = _write(tmp_path / "one.jsonl", [_row("c" * 40, "m", 1.0)])
-    code, out = _regress(single, "--baseline", "last")
+    code, out = regress(single, "--baseline", "last")
     assert code == 0 and "nothing checked" in out
 
 
@@ -100,15 +95,15 @@ def test_ambiguous_prefix_and_zero_baseline() -> None:
     assert verdicts["m"] == "regressed" and verdicts["s"] == "missing"
 
 
-def test_corrupt_history_line_is_bad_input(tmp_path: Path) -> None:
+def test_corrupt_history_line_is_bad_input(tmp_path: Path, regress) -> None:
     hist = _history(tmp_path)
     with open(hist, "a") as fh:
         fh.write('{"commit": "c", "value": \n')
-    code, out = _regress(hist, "--baseline", "last")
-    assert code == 2 and "history.jsonl:7" in out
+    code, out = regress(hist, "--baseline", "last")
+    assert code == 2 and "history.jsonl: line 7 is not valid JSON" in out
     bad = _write(tmp_path / "bad.jsonl", [{**_row("c", "m", 1.0), "direction": "up"}])
-    code, out = _regress(bad, "--baseline", "last")
-    assert code == 2 and "bad.jsonl:1" in out and "direction" in out
+    code, out = regress(bad, "--baseline", "last")
+    assert code == 2 and "bad.jsonl: line 1" in out and "direction" in out
 
 
 def _finished_run(root: Path, device: str, seed: int | None) -> Path:
@@ -150,7 +145,7 @@ def test_bench_metric_direction(name: str, want: tuple[str, str]) -> None:
     assert guess_direction_unit(name) == want
 
 
-def test_bench_json_and_cli_append(tmp_path: Path) -> None:
+def test_bench_json_and_cli_append(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bench = tmp_path / "bench.txt"
     bench.write_text("timing chunk kernels...\nsome log line\n"
                      + json.dumps({"speedup_chunk_vs_naive": 3.2, "fwd_ms": 12.5, "note": "cpu",
@@ -163,20 +158,19 @@ def test_bench_json_and_cli_append(tmp_path: Path) -> None:
     hist = tmp_path / "hist.jsonl"
     run_dir = _finished_run(tmp_path / "runs", "cpu", 0)
     for source in (run_dir, bench):
-        res = runner.invoke(app, ["history", "append", "--from", str(source), "--history", str(hist),
-                                  "--commit", "f" * 40])
-        assert res.exit_code == 0, res.output
+        code, out = run_cli(capsys, "history", "append", "--from", source, "--history", hist, "--commit", "f" * 40)
+        assert code == 0, out
     assert len(read_history(hist)) == 3 + 3
-    res = runner.invoke(app, ["history", "append", "--from", str(tmp_path / "nope"), "--history", str(hist),
-                              "--commit", "f" * 40])
-    assert res.exit_code == 2 and "no such run folder" in res.output
+    code, out = run_cli(capsys, "history", "append", "--from", tmp_path / "nope", "--history", hist,
+                        "--commit", "f" * 40)
+    assert code == 2 and "no such run folder" in out
 
 
-def test_export_github_action_benchmark(tmp_path: Path) -> None:
+def test_export_github_action_benchmark(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     hist = _history(tmp_path, recall=48.0, loss=1.9, speed=3.5)
-    res = runner.invoke(app, ["history", "export", "--format", "github-action-benchmark", "--history", str(hist),
-                              "--out", str(tmp_path / "gab.json")])
-    assert res.exit_code == 0, res.output
+    code, out = run_cli(capsys, "history", "export", "--format", "github-action-benchmark", "--history", hist,
+                        "--out", tmp_path / "gab.json")
+    assert code == 0, out
     bigger = json.loads((tmp_path / "gab-bigger.json").read_text())
     smaller = json.loads((tmp_path / "gab-smaller.json").read_text())
     assert [(e["name"], e["value"], e["unit"]) for e in bigger] == [
@@ -186,5 +180,5 @@ def test_export_github_action_benchmark(tmp_path: Path) -> None:
     assert "commit=bbbbbbbbbbbb" in smaller[0]["extra"]
     older = export_github_action_benchmark(read_history(hist), tmp_path / "old", commit="aaa")
     assert json.loads(older[1].read_text())[0]["value"] == 2.0
-    res = runner.invoke(app, ["history", "export", "--format", "csv", "--history", str(hist), "--out", "x"])
-    assert res.exit_code == 2
+    code, out = run_cli(capsys, "history", "export", "--format", "csv", "--history", hist, "--out", "x")
+    assert code == 2 and "unknown export format 'csv'" in out

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from refine_bench import records
+from refine_bench import provenance, records
 from refine_bench.errors import UserInputError
 from refine_bench.records import RunRecord, arm_and_phase, normalize_stages
 from refine_bench.report.loader import load_runs
@@ -53,7 +53,7 @@ def test_run_json_provenance(tmp_path: Path) -> None:
     assert (meta["arm"], meta["phase"]) == ("nested_refine", "post")
     assert meta["config"] == {"device": "cpu", "lr": 1e-6}
     assert meta["command"] == ["refine-bench", "eval", "--model", "deltanet-tiny"]
-    assert meta["git_sha"] == records.git_sha()
+    assert meta["git_sha"] == provenance.git_sha()
     assert meta["versions"]["torch"] == metadata.version("torch")
     assert meta["versions"]["transformers"] == metadata.version("transformers")
     assert meta["versions"]["lm_eval"] == metadata.version("lm_eval")
@@ -68,8 +68,8 @@ def test_git_sha_reads_head(tmp_path: Path) -> None:
     subprocess.run([*env_cmd, "-C", str(tmp_path), "add", "f"], check=True)
     subprocess.run([*env_cmd, "-C", str(tmp_path), "commit", "-q", "-m", "m"], check=True)
     head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
-    assert records.git_sha(tmp_path) == head.strip() and len(head.strip()) == 40
-    assert records.git_sha(tmp_path / "nowhere") is None
+    assert provenance.git_sha(tmp_path) == head.strip() and len(head.strip()) == 40
+    assert provenance.git_sha(tmp_path / "nowhere") is None
 
 
 def test_exception_in_context_publishes_failed_run_that_loader_skips(tmp_path: Path) -> None:

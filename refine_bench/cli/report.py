@@ -1,28 +1,18 @@
 """CLI for the results store, paper tables, metric history, dashboard and regression check.
 
-Wiring (in refine_bench/cli/__init__.py): `register(main_app)` adds everything, or by hand:
-    main_app.add_typer(report.results_app, name="results")
-    main_app.add_typer(report.history_app, name="history")
-    main_app.command("tables")(report.tables)
-    main_app.command("dashboard")(report.dashboard)
-    main_app.command("regress")(report.regress)
-`app` holds the same commands on its own, for trying them directly.
+`register(app)` adds `results`, `history`, `tables`, `dashboard` and `regress` to the main app; bad input
+raises UserInputError, which the main entry point turns into one line and exit code 2.
 Exit codes: 0 ok, 1 a gating regression (regress), 2 bad input.
 """
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 import typer
 
 from refine_bench.errors import UserInputError
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_RUNS = Path("results/runs")
 DEFAULT_HISTORY = Path("results/history.jsonl")
@@ -30,21 +20,6 @@ DEFAULT_HISTORY = Path("results/history.jsonl")
 results_app = typer.Typer(help="List and inspect run records under results/runs.", no_args_is_help=True)
 history_app = typer.Typer(help="The metric history used by the dashboard and the regression check.",
                           no_args_is_help=True)
-app = typer.Typer(help="Results, paper tables, history, dashboard and regression check.", no_args_is_help=True)
-
-
-def _user_errors(fn: F) -> F:
-    """Turn UserInputError into a one-line message and exit code 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except UserInputError as err:
-            typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(2) from err
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _warn(lines: list[str]) -> None:
@@ -53,7 +28,6 @@ def _warn(lines: list[str]) -> None:
 
 
 @results_app.command("ls")
-@_user_errors
 def results_ls(runs_dir: Path = typer.Option(DEFAULT_RUNS, "--runs-dir", help="Folder of run records."),
                all_runs: bool = typer.Option(False, "--all", help="Include runs whose status is not ok.")) -> None:
     """List runs, oldest first: id, kind, model, stages (mid/post/ttt), status, number of scores."""
@@ -70,7 +44,6 @@ def results_ls(runs_dir: Path = typer.Option(DEFAULT_RUNS, "--runs-dir", help="F
 
 
 @results_app.command("show")
-@_user_errors
 def results_show(run: str = typer.Argument(..., help="Run id, unique id prefix, or run folder path."),
                  runs_dir: Path = typer.Option(DEFAULT_RUNS, "--runs-dir")) -> None:
     """Summarise one run: provenance from run.json and its scores."""
@@ -98,7 +71,6 @@ def results_show(run: str = typer.Argument(..., help="Run id, unique id prefix, 
         typer.echo(f"train_metrics.jsonl: {n_train} step rows")
 
 
-@_user_errors
 def tables(runs_dir: Path = typer.Option(DEFAULT_RUNS, "--runs-dir", help="Folder of run records."),
            out: Path = typer.Option(Path("results/paper"), "--out", help="Output folder."),
            baselines: Path | None = typer.Option(None, "--baselines", help="Folder with paper_results.csv."),
@@ -112,7 +84,6 @@ def tables(runs_dir: Path = typer.Option(DEFAULT_RUNS, "--runs-dir", help="Folde
                f"to {out}")
 
 
-@_user_errors
 def dashboard(history: Path = typer.Option(DEFAULT_HISTORY, "--history", help="History JSONL."),
               out: Path = typer.Option(Path("results/dashboard/index.html"), "--out"),
               tolerance: float = typer.Option(0.05, "--tolerance", help="Relative change flagged as regression.")
@@ -125,7 +96,6 @@ def dashboard(history: Path = typer.Option(DEFAULT_HISTORY, "--history", help="H
     typer.echo(f"wrote {path}")
 
 
-@_user_errors
 def regress(baseline: str = typer.Option(..., "--baseline",
                                          help="'last' (previous commit in the history), a commit SHA prefix in "
                                               "the history, or a path to another history file."),
@@ -144,7 +114,6 @@ def regress(baseline: str = typer.Option(..., "--baseline",
 
 
 @history_app.command("append")
-@_user_errors
 def history_append(source: Path = typer.Option(..., "--from", help="A run folder or a benchmark output file "
                                                                    "whose last line is a JSON object."),
                    history: Path = typer.Option(DEFAULT_HISTORY, "--history"),
@@ -154,27 +123,27 @@ def history_append(source: Path = typer.Option(..., "--from", help="A run folder
                                                              "(default bench/<file stem>)."),
                    machine: str | None = typer.Option(None, "--machine", help="Default: OS-arch-CPUs.")) -> None:
     """Append a run's scores or a benchmark's numbers to the history."""
-    from refine_bench.report.history import append_rows, current_commit, rows_from_source
+    from refine_bench.report.history import append_rows
+    from refine_bench.report.history_sources import resolve_commit, rows_from_source
 
-    rows, warnings = rows_from_source(source, commit=commit or current_commit(), benchmark=benchmark,
-                                      machine=machine)
+    rows, warnings = rows_from_source(source, commit=resolve_commit(commit), benchmark=benchmark, machine=machine)
     _warn(warnings)
     n = append_rows(history, rows)
     typer.echo(f"appended {n} row(s) to {history}")
 
 
 @history_app.command("export")
-@_user_errors
 def history_export(fmt: str = typer.Option("github-action-benchmark", "--format"),
                    out: Path = typer.Option(..., "--out", help="Writes OUT-bigger.json and OUT-smaller.json."),
                    history: Path = typer.Option(DEFAULT_HISTORY, "--history"),
                    commit: str | None = typer.Option(None, "--commit", help="Default: newest commit in history.")
                    ) -> None:
     """Export one commit's metrics as customBiggerIsBetter / customSmallerIsBetter JSON lists."""
-    from refine_bench.report.history import export_github_action_benchmark, read_history
+    from refine_bench.report.history import read_history
+    from refine_bench.report.history_export import FORMATS, export_github_action_benchmark
 
-    if fmt != "github-action-benchmark":
-        raise UserInputError(f"unknown export format {fmt!r}; supported: github-action-benchmark")
+    if fmt not in FORMATS:
+        raise UserInputError(f"unknown export format {fmt!r}; supported: {', '.join(FORMATS)}")
     bigger, smaller = export_github_action_benchmark(read_history(history), out, commit=commit)
     typer.echo(f"wrote {bigger} (customBiggerIsBetter) and {smaller} (customSmallerIsBetter)")
 
@@ -186,6 +155,3 @@ def register(parent: typer.Typer) -> None:
     parent.command("tables")(tables)
     parent.command("dashboard")(dashboard)
     parent.command("regress")(regress)
-
-
-register(app)

@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from refine_bench.fileio import atomic_write_text  # noqa: E402
-from refine_bench.records import utc_now  # noqa: E402
+from refine_bench.provenance import utc_now  # noqa: E402
 from refine_bench.report.history import commits_in_order  # noqa: E402
 from refine_bench.report.regress import compare  # noqa: E402
 

@@ -1,7 +1,8 @@
 """Read run folders under results/runs into Python objects and one tidy pandas DataFrame.
 
-Anything wrong with a run folder (missing or unreadable run.json, a bad scores line, status other than "ok")
-is turned into a warning naming the folder, and that folder is skipped; the other runs still load.
+Anything wrong with a run folder (missing or unreadable run.json, a bad line in one of its JSON-lines files,
+status other than "ok") is turned into a warning naming the folder, and that folder is skipped; the other runs
+still load. Hidden folders (runs still being written, or stale ones: see report/pending.py) are not runs.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from typing import Any
 import pandas as pd
 
 from refine_bench.errors import UserInputError
+from refine_bench.fileio import read_jsonl, read_jsonl_lines
+from refine_bench.protocol import STAGES
 from refine_bench.records import (
     NIAH_DEPTHS_FILE,
     RUN_JSON,
     SCORES_FILE,
-    STAGE_ORDER,
     TRAIN_METRICS_FILE,
     arm_and_phase,
     normalize_stages,
@@ -32,11 +34,13 @@ SCORE_COLUMNS = ["model", "arm", "phase", "stages", "mid", "post", "ttt", "task"
 
 @dataclass
 class Run:
-    """One published run folder."""
+    """One published run folder: run.json, its scores and its step and NIAH-depth rows."""
 
     path: Path
     meta: dict[str, Any]
     scores: list[dict[str, Any]] = field(default_factory=list)
+    train_rows: list[dict[str, Any]] = field(default_factory=list)
+    depth_rows: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def run_id(self) -> str:
@@ -50,15 +54,11 @@ class Run:
     def created(self) -> str:
         return str(self.meta.get("start_time") or "")
 
-    def read_jsonl(self, name: str) -> list[dict[str, Any]]:
-        """Rows of a JSONL file in the run folder; unreadable lines are skipped."""
-        return read_jsonl_lenient(self.path / name)
-
     def train_metrics(self) -> list[dict[str, Any]]:
-        return self.read_jsonl(TRAIN_METRICS_FILE)
+        return self.train_rows
 
     def niah_depths(self) -> list[dict[str, Any]]:
-        return self.read_jsonl(NIAH_DEPTHS_FILE)
+        return self.depth_rows
 
 
 @dataclass
@@ -79,23 +79,12 @@ def run_variant(meta: dict[str, Any]) -> str:
 
 def stages_key(stages: dict[str, str | None]) -> str:
     """Compact, sortable text form of a stages dict: 'mid/post/ttt' arms, '-' for a stage not run."""
-    return "/".join(stages.get(s) or "-" for s in STAGE_ORDER)
+    return "/".join(stages.get(s) or "-" for s in STAGES)
 
 
-def read_jsonl_lenient(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(obj, dict):
-            rows.append(obj)
-    return rows
+def _rows(path: Path, what: str) -> list[dict[str, Any]]:
+    """A run's JSON-lines file (absent: no rows); a line torn by a killed writer is dropped, others must parse."""
+    return read_jsonl(path, what=what, allow_torn_tail=True) if path.is_file() else []
 
 
 def load_run(path: Path) -> Run:
@@ -116,14 +105,14 @@ def load_run(path: Path) -> Run:
     scores = []
     scores_path = path / SCORES_FILE
     if scores_path.is_file():
-        for lineno, line in enumerate(scores_path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
+        for lineno, row in read_jsonl_lines(scores_path, what="scores file"):
             try:
-                scores.append(validate_score_row(json.loads(line)))
-            except (json.JSONDecodeError, UserInputError) as err:
-                raise UserInputError(f"{scores_path}:{lineno}: bad score row ({err})") from err
-    return Run(path=path, meta=meta, scores=scores)
+                scores.append(validate_score_row(row))
+            except UserInputError as err:
+                raise UserInputError(f"scores file {scores_path}: line {lineno}: bad score row ({err})") from err
+    return Run(path=path, meta=meta, scores=scores,
+               train_rows=_rows(path / TRAIN_METRICS_FILE, "training metrics file"),
+               depth_rows=_rows(path / NIAH_DEPTHS_FILE, "NIAH depth file"))
 
 
 def load_runs(runs_dir: Path = DEFAULT_RUNS_DIR, *, include_failed: bool = False) -> RunSet:

@@ -10,7 +10,6 @@ import pandas as pd
 from refine_bench.errors import UserInputError
 
 PAPER_MODELS = ("LaCT-760M", "DeltaNet-1.3B")
-ARM_LABELS = {None: "–", "sft": "SFT", "refine": "REFINE", "nested_sft": "nested SFT", "nested_refine": "nested REFINE"}
 RESULTS_CSV = "paper_results.csv"
 ABLATIONS_CSV = "paper_ablations.csv"
 

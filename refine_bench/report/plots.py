@@ -19,15 +19,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from refine_bench.fileio import atomic_path  # noqa: E402
+from refine_bench.protocol import LONGBENCH  # noqa: E402
 from refine_bench.report.loader import Run, stages_key  # noqa: E402
 from refine_bench.report.paper import model_label  # noqa: E402
-from refine_bench.report.tables import LONGBENCH, Table  # noqa: E402
+from refine_bench.report.tables import Table  # noqa: E402
 
 TRAIN_KEYS = ("loss", "reward_mean", "reward_std", "frac_reward_zero_std")
 DEPTH_BINS = 10
 
 
-def _safe(text: str) -> str:
+def safe_name(text: str) -> str:
+    """`text` as a file-name part: runs of other characters become one underscore."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
 
 
@@ -70,28 +72,34 @@ def niah_depth_grid(rows: list[dict[str, Any]]) -> tuple[list[int], list[float],
     return lengths, [(b + 0.5) / DEPTH_BINS for b in bins], grid
 
 
+def niah_heatmap(rows: list[dict[str, Any]], title: str, stem: Path) -> list[Path]:
+    """One heatmap (context length x needle depth, mean recall %) of NIAH depth rows; [] when none are usable."""
+    lengths, depths, grid = niah_depth_grid(rows)
+    if not lengths:
+        return []
+    # at least 4.5 x 2.5 inches, so a run with one length and two depths still has a readable title
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.2 + 1.1 * len(lengths)), max(2.5, 0.5 + 0.45 * len(depths))))
+    data = [[float("nan") if v is None else v for v in row] for row in grid]
+    im = ax.imshow(data, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto", origin="upper")
+    ax.set_xticks(range(len(lengths)), [str(L) for L in lengths])
+    ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("needle depth")
+    for i, row in enumerate(grid):
+        for j, v in enumerate(row):
+            if v is not None:
+                ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.05)
+    return save_figure(fig, stem)
+
+
 def niah_heatmaps(runs: list[Run], out_dir: Path) -> list[Path]:
-    """One heatmap (context length x needle depth) per model and stages, from the newest run's niah_depths.jsonl."""
+    """One heatmap per model and stages, from the newest run's niah_depths.jsonl."""
     paths: list[Path] = []
     for key, run in _newest_per_key(runs, lambda r: bool(r.niah_depths())).items():
-        lengths, depths, grid = niah_depth_grid(run.niah_depths())
-        if not lengths:
-            continue
-        # at least 4.5 x 2.5 inches, so a run with one length and two depths still has a readable title
-        fig, ax = plt.subplots(figsize=(max(4.5, 1.2 + 1.1 * len(lengths)), max(2.5, 0.5 + 0.45 * len(depths))))
-        data = [[float("nan") if v is None else v for v in row] for row in grid]
-        im = ax.imshow(data, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto", origin="upper")
-        ax.set_xticks(range(len(lengths)), [str(L) for L in lengths])
-        ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
-        ax.set_xlabel("context length (tokens)")
-        ax.set_ylabel("needle depth")
-        for i, row in enumerate(grid):
-            for j, v in enumerate(row):
-                if v is not None:
-                    ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7)
-        ax.set_title(f"NIAH recall (%): {model_label(run.meta['model'])} {stages_key(run.stages)}", fontsize=9)
-        fig.colorbar(im, ax=ax, fraction=0.05)
-        paths += save_figure(fig, out_dir / f"niah_heatmap_{_safe(key)}")
+        title = f"NIAH recall (%): {model_label(run.meta['model'])} {stages_key(run.stages)}"
+        paths += niah_heatmap(run.niah_depths(), title, out_dir / f"niah_heatmap_{safe_name(key)}")
     return paths
 
 
@@ -110,8 +118,8 @@ def longbench_bars(table: Table, out_dir: Path) -> list[Path]:
     paths: list[Path] = []
     sources = {"paper": _series_by_model(table, "paper"), "measured": _series_by_model(table, "ours")}
     models = sorted(set(sources["paper"]) | set(sources["measured"]))
-    labels = [lab for lab, _ in LONGBENCH] + ["avg"]
-    families = [f"longbench_{t}" for _, t in LONGBENCH] + ["avg"]
+    labels = [t.label for t in LONGBENCH] + ["avg"]
+    families = [t.task for t in LONGBENCH] + ["avg"]
     for model in models:
         panels = [(name, data[model]) for name, data in sources.items() if data.get(model)]
         fig, axes = plt.subplots(len(panels), 1, figsize=(11, 3.2 * len(panels)), squeeze=False)
@@ -124,7 +132,7 @@ def longbench_bars(table: Table, out_dir: Path) -> list[Path]:
             ax.set_ylabel("score (%)")
             ax.set_title(f"LongBench, {model} ({name}; stages mid/post/ttt)", fontsize=9)
             ax.legend(fontsize=7, ncol=3)
-        paths += save_figure(fig, out_dir / f"longbench_bars_{_safe(model)}")
+        paths += save_figure(fig, out_dir / f"longbench_bars_{safe_name(model)}")
     return paths
 
 
@@ -147,7 +155,7 @@ def ruler_qa_by_length(table: Table, out_dir: Path) -> list[Path]:
             ax.set_title(f"RULER QA {label}, {model}", fontsize=9)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=6)
-        paths += save_figure(fig, out_dir / f"ruler_qa_{_safe(model)}")
+        paths += save_figure(fig, out_dir / f"ruler_qa_{safe_name(model)}")
     return paths
 
 
@@ -166,5 +174,5 @@ def training_curves(runs: list[Run], out_dir: Path) -> list[Path]:
             ax.set_xlabel("step")
             ax.set_title(key, fontsize=9)
         fig.suptitle(f"{run.meta['model']} {stages_key(run.stages)} ({run.run_id})", fontsize=9)
-        paths += save_figure(fig, out_dir / f"train_{_safe(run.run_id)}")
+        paths += save_figure(fig, out_dir / f"train_{safe_name(run.run_id)}")
     return paths

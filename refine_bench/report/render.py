@@ -9,10 +9,11 @@ from typing import Any
 import pandas as pd
 
 from refine_bench.fileio import atomic_write_text
-from refine_bench.report.paper import ARM_LABELS
+from refine_bench.protocol import ARM_LABELS, STAGES
 from refine_bench.report.tables import Table, arm_or_none
 
 MISSING = "—"
+NOT_RUN = "–"  # a stage the row's model did not go through
 CELL_LEGEND = ("Each cell: measured / paper (measured − paper, in points). " + MISSING +
                " = no run (measured) or no published number (paper). [k runs] = k runs measured this cell; "
                "the newest is shown.")
@@ -22,7 +23,14 @@ def _num(x: float | None) -> str:
     return MISSING if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.1f}"
 
 
-def _len_label(length: str) -> str:
+def stage_label(arm: object) -> str:
+    """How a table prints a stage's arm: the paper's label, or "–" for a stage not run."""
+    arm = arm_or_none(arm)
+    return NOT_RUN if arm is None else ARM_LABELS.get(arm, arm)
+
+
+def length_label(length: str) -> str:
+    """'4096' -> '4K' (whole multiples of 1024), other lengths as they are; '' and 'avg' unchanged."""
     if length in ("", "avg"):
         return length
     n = int(length)
@@ -45,7 +53,8 @@ def _cell_md(cell: dict[str, Any]) -> str:
     return text
 
 
-def _latex_escape(text: str) -> str:
+def latex_escape(text: str) -> str:
+    """`text` with LaTeX's special characters escaped (and "—", "–", "−" as TeX dashes)."""
     repl = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
             "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
             MISSING: "---", "–": "--", "−": "-"}
@@ -54,19 +63,19 @@ def _latex_escape(text: str) -> str:
 
 def _cell_tex(cell: dict[str, Any]) -> str:
     ours, paper, delta, runs, notes = cell_parts(cell)
-    text = _latex_escape(ours)
+    text = latex_escape(ours)
     if runs:
-        text += r"\,{\tiny " + _latex_escape(runs) + "}"
+        text += r"\,{\tiny " + latex_escape(runs) + "}"
     if notes:
         text += r"\textsuperscript{" + ",".join(str(n) for n in notes) + "}"
-    text += " / " + _latex_escape(paper)
+    text += " / " + latex_escape(paper)
     if delta:
         text += " (" + delta + ")"
     return text
 
 
 def _row_labels(row: tuple) -> list[str]:
-    return [row[0]] + [ARM_LABELS.get(arm_or_none(a), a) for a in row[1:]]
+    return [row[0]] + [stage_label(a) for a in row[1:]]
 
 
 def _ordered_cells(table: Table) -> list[tuple[tuple, list[dict[str, Any]]]]:
@@ -78,7 +87,7 @@ def _ordered_cells(table: Table) -> list[tuple[tuple, list[dict[str, Any]]]]:
 
 
 def _header(table: Table) -> list[str]:
-    return ["model", "mid", "post", "ttt"] + [f"{lab} {_len_label(ln)}".strip() for _, lab, ln in table.columns]
+    return ["model", "mid", "post", "ttt"] + [f"{lab} {length_label(ln)}".strip() for _, lab, ln in table.columns]
 
 
 def table_markdown(table: Table, warnings: list[str] | None = None) -> str:
@@ -103,9 +112,9 @@ def table_latex(table: Table) -> str:
     spec = "llll" + "c" * (len(header) - 4)
     lines = [f"% Table {table.spec.number}: {table.spec.title}. {CELL_LEGEND}",
              r"\begin{tabular}{" + spec + "}", r"\toprule",
-             " & ".join(_latex_escape(h) for h in header) + r" \\", r"\midrule"]
+             " & ".join(latex_escape(h) for h in header) + r" \\", r"\midrule"]
     for row, cells in _ordered_cells(table):
-        texts = [_latex_escape(t) for t in _row_labels(row)] + [_cell_tex(c) if c else "---" for c in cells]
+        texts = [latex_escape(t) for t in _row_labels(row)] + [_cell_tex(c) if c else "---" for c in cells]
         lines.append(" & ".join(texts) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     for i, note in enumerate(table.footnotes, start=1):
@@ -133,7 +142,7 @@ def gains_markdown(gains: pd.DataFrame) -> str:
     lines.append("|" + "|".join("---" for _ in header) + "|")
     for rec in gains.to_dict("records"):
         ours, paper = _pct(rec["ours_gain_pct"]), _pct(rec["paper_gain_pct"])
-        stages = [ARM_LABELS.get(arm_or_none(rec[s]), rec[s]) for s in ("mid", "post", "ttt")]
+        stages = [stage_label(rec[s]) for s in STAGES]
         cells = [rec["table"], rec["model"], *stages, rec["column"], f"{ours} / {paper}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -144,8 +153,8 @@ def gains_latex(gains: pd.DataFrame) -> str:
              r"table & model & mid & post & ttt & column & gain \% (measured / paper) \\", r"\midrule"]
     for rec in gains.to_dict("records"):
         vals = [_pct(rec[key]).replace(MISSING, "---") for key in ("ours_gain_pct", "paper_gain_pct")]
-        stages = [_latex_escape(ARM_LABELS.get(arm_or_none(rec[s]), rec[s])) for s in ("mid", "post", "ttt")]
-        lines.append(" & ".join([rec["table"], _latex_escape(rec["model"]), *stages, _latex_escape(rec["column"]),
+        stages = [latex_escape(stage_label(rec[s])) for s in STAGES]
+        lines.append(" & ".join([rec["table"], latex_escape(rec["model"]), *stages, latex_escape(rec["column"]),
                                  f"{vals[0]} / {vals[1]}"]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"

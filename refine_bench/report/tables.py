@@ -15,15 +15,18 @@ from typing import Any
 
 import pandas as pd
 
-from refine_bench.records import STAGE_ORDER
+from refine_bench.protocol import (
+    ARM_LABELS,
+    GROUP_METRICS,
+    LONGBENCH,
+    NIAH_FAMILIES,
+    PAPER_LENGTHS,
+    RULER_QA_LABELS,
+    STAGES,
+)
 from refine_bench.report.paper import PAPER_MODELS, model_label
 
-PAPER_LENGTHS = (4096, 8192, 16384)
 RowKey = tuple[str, "str | None", "str | None", "str | None"]  # model label, mid, post, ttt
-
-LONGBENCH = [("NQ", "narrativeqa"), ("QR", "qasper"), ("MF", "multifieldqa_en"), ("HP", "hotpotqa"),
-             ("2W", "2wikimqa"), ("QM", "qmsum"), ("MN", "multi_news"), ("SS", "samsum"), ("TC", "trec"),
-             ("TQ", "triviaqa"), ("LC", "lcc"), ("RP", "repobench-p")]
 
 
 def arm_or_none(value: Any) -> str | None:
@@ -34,7 +37,8 @@ def arm_or_none(value: Any) -> str | None:
     return text or None
 
 
-def _prefix_match(family: str, task: str) -> bool:
+def in_family(family: str, task: str) -> bool:
+    """Whether `task` is `family` or one of its variants (niah_single_2 is in niah_single)."""
     return task == family or task.startswith(family + "_")
 
 
@@ -57,13 +61,12 @@ class TableSpec:
 
 
 TABLES: dict[str, TableSpec] = {
-    "3": TableSpec("3", "RULER NIAH after mid-training (recall, %)", "niah", "recall",
-                   (("niah_single", "S-NIAH"), ("niah_multikey", "MK-NIAH"), ("niah_multiquery", "MQ-NIAH"),
-                    ("niah_multivalue", "MV-NIAH")), True, _prefix_match, variant_note=True),
-    "4": TableSpec("4", "RULER QA (score, %)", "ruler_qa", "score",
-                   (("ruler_qa_squad", "SQuAD"), ("ruler_qa_hotpotqa", "HotpotQA")), True, _exact_match),
-    "5": TableSpec("5", "LongBench (score, %)", "longbench", "score",
-                   tuple((f"longbench_{t}", lab) for lab, t in LONGBENCH), False, _exact_match),
+    "3": TableSpec("3", "RULER NIAH after mid-training (recall, %)", "niah", GROUP_METRICS["niah"], NIAH_FAMILIES,
+                   True, in_family, variant_note=True),
+    "4": TableSpec("4", "RULER QA (score, %)", "ruler_qa", GROUP_METRICS["ruler_qa"], tuple(RULER_QA_LABELS.items()),
+                   True, _exact_match),
+    "5": TableSpec("5", "LongBench (score, %)", "longbench", GROUP_METRICS["longbench"],
+                   tuple((t.task, t.label) for t in LONGBENCH), False, _exact_match),
 }
 
 
@@ -98,8 +101,8 @@ class Table:
 
 
 def _row_sort_key(row: RowKey) -> tuple:
-    order = {None: 0, "sft": 1, "nested_sft": 2, "refine": 3, "nested_refine": 4}
-    return (row[0] not in PAPER_MODELS, row[0], *(order.get(a, 9) for a in row[1:]))
+    order = {arm: i for i, arm in enumerate(ARM_LABELS)}  # the paper's row order; a stage not run sorts first
+    return (row[0] not in PAPER_MODELS, row[0], *(-1 if a is None else order.get(a, len(order)) for a in row[1:]))
 
 
 def collect_raw_cells(scores: pd.DataFrame, spec: TableSpec) -> dict[tuple[RowKey, str, int | None], RawCell]:
@@ -142,11 +145,14 @@ def _paper_lookup(paper: pd.DataFrame, spec: TableSpec) -> tuple[list[RowKey], d
     return rows, values
 
 
-class _Notes:
+class Footnotes:
+    """Numbered footnotes of a table: the same text gets the same number."""
+
     def __init__(self) -> None:
         self.texts: list[str] = []
 
     def mark(self, text: str) -> int:
+        """The number of `text`'s footnote (added if new)."""
         if text not in self.texts:
             self.texts.append(text)
         return self.texts.index(text) + 1
@@ -162,7 +168,7 @@ def build_table(spec: TableSpec, scores: pd.DataFrame, paper: pd.DataFrame) -> T
     paper_rows, paper_vals = _paper_lookup(paper, spec)
     measured_rows = sorted({k[0] for k in raw} - set(paper_rows), key=_row_sort_key)
     rows = paper_rows + measured_rows
-    notes = _Notes()
+    notes = Footnotes()
     if spec.by_length:
         lengths = sorted(set(PAPER_LENGTHS) | {k[2] for k in raw if k[2] is not None})
         columns = [(fam, lab, str(L)) for fam, lab in spec.families for L in lengths]
@@ -221,7 +227,7 @@ def build_table(spec: TableSpec, scores: pd.DataFrame, paper: pd.DataFrame) -> T
                 if per_len and set(per_len) != set(PAPER_LENGTHS):
                     have = ", ".join(str(x) for x in sorted(per_len))
                     note.append(notes.mark(f"{label} avg for {row[0]} {_stage_text(row)}: over lengths {have} "
-                                           f"only (the paper averages 4096, 8192, 16384)."))
+                                           f"only (the paper averages {', '.join(map(str, PAPER_LENGTHS))})."))
                 emit(row, family, label, "avg", avg, n_f, sorted(runs_f), [], note)
             elif per_len:
                 family_values.append(per_len[None])
@@ -246,11 +252,11 @@ def build_tables(scores: pd.DataFrame, paper: pd.DataFrame) -> dict[str, Table]:
 
 def _base_of(row: RowKey) -> tuple[str, RowKey] | None:
     """The stage varied in `row` (its last one run) and the row without it."""
-    for i in range(len(STAGE_ORDER), 0, -1):
+    for i in range(len(STAGES), 0, -1):
         if row[i] is not None:
             base = list(row)
             base[i] = None
-            return STAGE_ORDER[i - 1], (row[0], base[1], base[2], base[3])
+            return STAGES[i - 1], (row[0], base[1], base[2], base[3])
     return None
 
 
@@ -278,7 +284,7 @@ def relative_gains(tables: dict[str, Table]) -> pd.DataFrame:
             base = avg_cells.get((base_row, family))
             if base is None:
                 continue
-            arm = row[STAGE_ORDER.index(stage) + 1]
+            arm = row[STAGES.index(stage) + 1]
             out.append({
                 "table": table.spec.number, "model": row[0], "mid": row[1], "post": row[2], "ttt": row[3],
                 "stage": stage, "arm": arm, "column": cell["column"],
