@@ -1,13 +1,14 @@
 """Where a result came from: the time, the git commit, package versions, the device, the machine and the process.
 
-The one place that asks git for a commit. Nothing here imports torch; it only describes it when it is already
-loaded.
+The one place that asks git for a commit and the one place that names this process (pid and host) for run
+records and lock files. Nothing here imports torch; it only describes it when it is already loaded.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import socket
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -65,3 +66,21 @@ def device_info(requested: Any) -> dict[str, Any]:
 def machine_name() -> str:
     """A coarse machine label for the metric history: OS, architecture and CPU count."""
     return f"{platform.system().lower()}-{platform.machine()}-{os.cpu_count()}cpu"
+
+
+def this_process() -> dict[str, Any]:
+    """{"pid", "host"} of the running process: who holds a lock or writes a run record."""
+    return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine (it may belong to another user)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -2,9 +2,12 @@
 
 A run is written into a hidden temporary folder under the results root (``results/runs/.tmp-<run_id>``) and
 published with a single directory rename by :meth:`RunRecord.finish`, so a reader listing ``results/runs``
-sees either the whole run or nothing of it. Folder layout::
+sees either the whole run or nothing of it. While it is written, the writer holds an advisory lock on
+``.tmp-<run_id>/.lock`` and run.json names it (pid, host): a folder whose lock is free and whose writer is gone
+is *stale* (its process was killed) and ``refine-bench results clean`` removes it. Folder layout::
 
-    run.json             provenance: command, config, git SHA, package versions, device, seeds, times, status
+    run.json             provenance: command, config, git SHA, package versions, device, seeds, writer, times,
+                         status ("running" until finished, then "ok", "failed" or "interrupted") and error
     scores.jsonl         tidy scores, one row per (task, length, metric) cell
     train_metrics.jsonl  one row per logged training step ({"step": int, ...metrics})
     lm_eval/             lm-eval's raw results JSON and samples (written by the eval layer)
@@ -13,29 +16,34 @@ sees either the whole run or nothing of it. Folder layout::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
 import secrets
+import shutil
 import sys
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from refine_bench.errors import UserInputError
-from refine_bench.fileio import append_jsonl, atomic_write_json, atomic_write_text
+from refine_bench.fileio import FileLock, append_jsonl, atomic_write_json, atomic_write_text
+from refine_bench.interrupts import run_status, sigterm_raises
 from refine_bench.protocol import BASE_ARM, STAGE_ARMS, STAGES, TASK_GROUPS
-from refine_bench.provenance import device_info, git_sha, package_versions, utc_now
+from refine_bench.provenance import device_info, git_sha, package_versions, this_process, utc_now
 
 SCHEMA_VERSION = 1
 KINDS = ("train", "eval")
 TMP_PREFIX = ".tmp-"
+LOCK_FILE = ".lock"
 RUN_JSON = "run.json"
 SCORES_FILE = "scores.jsonl"
 TRAIN_METRICS_FILE = "train_metrics.jsonl"
 NIAH_DEPTHS_FILE = "niah_depths.jsonl"
-_STATUSES = ("ok", "failed", "interrupted")
+RUNNING = "running"
+FINAL_STATUSES = ("ok", "failed", "interrupted")
 
 
 def normalize_stages(stages: dict[str, Any] | None) -> dict[str, str | None]:
@@ -97,7 +105,8 @@ def validate_score_row(row: dict[str, Any]) -> dict[str, Any]:
 
 
 class RunRecord:
-    """A run folder being written; publish it with :meth:`finish` (or use it as a context manager)."""
+    """A run folder being written; publish it with :meth:`finish` (or use it as a context manager, which also
+    turns SIGTERM into an interruption and finishes the record "ok", "interrupted" or "failed")."""
 
     def __init__(self, root: Path, run_id: str, meta: dict[str, Any]) -> None:
         self.root = Path(root)
@@ -106,11 +115,13 @@ class RunRecord:
         self._path = self.root / f"{TMP_PREFIX}{run_id}"
         self._finished = False
         self._scores: list[dict[str, Any]] = []
+        self._lock = FileLock(self._path / LOCK_FILE, label=f"run record {self._path}")
+        self._signals: contextlib.ExitStack | None = None
 
     @classmethod
     def create(cls, root: Path = Path("results/runs"), *, kind: str, model: str, stages: dict, config: dict,
                seed: int | None, command: list[str] | None = None) -> RunRecord:
-        """Start a run: make its hidden temp folder under `root` and write run.json with status "running"."""
+        """Start a run: make its hidden temp folder under `root`, lock it, and write run.json ("running")."""
         if kind not in KINDS:
             raise UserInputError(f"unknown run kind {kind!r}; choose from {list(KINDS)}")
         if not isinstance(model, str) or not model:
@@ -137,12 +148,15 @@ class RunRecord:
             "versions": package_versions(),
             "device": device_info(config.get("device")),
             "seeds": {"seed": seed},
+            "writer": this_process(),
             "start_time": start.isoformat(),
             "end_time": None,
-            "status": "running",
+            "status": RUNNING,
+            "error": None,
         }
         rec = cls(Path(root), run_id, meta)
         rec._path.mkdir(parents=True, exist_ok=False)
+        rec._lock.acquire()  # before run.json exists, so a folder with a run.json and a free lock has no writer
         rec._write_meta()
         return rec
 
@@ -192,12 +206,14 @@ class RunRecord:
         self._scores.extend(checked)
         atomic_write_text(self._path / SCORES_FILE, "".join(json.dumps(r) + "\n" for r in self._scores))
 
-    def finish(self, status: str = "ok") -> Path:
-        """Record end time and status, then publish the folder as <root>/<run_id> with one rename."""
+    def finish(self, status: str = "ok", *, error: str | None = None) -> Path:
+        """Record end time, status ("ok", "failed" or "interrupted") and an optional one-line error, then publish
+        the folder as <root>/<run_id> with one rename and release the writer's lock."""
         self._check_open()
-        if status not in _STATUSES:
-            raise UserInputError(f"unknown status {status!r}; choose from {list(_STATUSES)}")
+        if status not in FINAL_STATUSES:
+            raise UserInputError(f"unknown status {status!r}; choose from {list(FINAL_STATUSES)}")
         self.meta["status"] = status
+        self.meta["error"] = error
         self.meta["end_time"] = utc_now().isoformat()
         self._write_meta()
         final = self.root / self.run_id
@@ -209,21 +225,35 @@ class RunRecord:
         _fsync_dir(self.root)
         self._path = final
         self._finished = True
+        self._lock.release()
+        (final / LOCK_FILE).unlink(missing_ok=True)  # a published record has no writer left to name
         return final
 
+    def discard(self) -> None:
+        """Delete the unpublished folder and release its lock: for work that must leave no record at all."""
+        self._check_open()
+        shutil.rmtree(self._path, ignore_errors=True)
+        self._lock.release()
+        self._finished = True
+
+    def finish_after(self, exc: BaseException | None) -> Path:
+        """Finish as the way the work ended says: "ok" (no exception), "interrupted" (Ctrl-C, SIGTERM) or
+        "failed" (any other exception, recorded as "<type>: <message>")."""
+        error = None if exc is None else f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return self.finish(run_status(exc), error=error)
+
     def __enter__(self) -> RunRecord:
+        self._signals = contextlib.ExitStack()
+        self._signals.enter_context(sigterm_raises())
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if self._finished:
-            return
-        if exc_type is None:
-            self.finish("ok")
-        elif issubclass(exc_type, KeyboardInterrupt):
-            self.finish("interrupted")
-        else:
-            self.finish("failed")
+        if self._signals is not None:
+            self._signals.close()
+            self._signals = None
+        if not self._finished:
+            self.finish_after(exc)
 
 
 def _fsync_dir(path: Path) -> None:

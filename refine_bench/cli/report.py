@@ -17,7 +17,7 @@ from refine_bench.errors import UserInputError
 DEFAULT_RUNS = Path("results/runs")
 DEFAULT_HISTORY = Path("results/history.jsonl")
 
-results_app = typer.Typer(help="List and inspect run records under results/runs.", no_args_is_help=True)
+results_app = typer.Typer(help="List, inspect and clean up run records under results/runs.", no_args_is_help=True)
 history_app = typer.Typer(help="The metric history used by the dashboard and the regression check.",
                           no_args_is_help=True)
 
@@ -30,17 +30,40 @@ def _warn(lines: list[str]) -> None:
 @results_app.command("ls")
 def results_ls(runs_dir: Path = typer.Option(DEFAULT_RUNS, "--runs-dir", help="Folder of run records."),
                all_runs: bool = typer.Option(False, "--all", help="Include runs whose status is not ok.")) -> None:
-    """List runs, oldest first: id, kind, model, stages (mid/post/ttt), status, number of scores."""
+    """List runs, oldest first (id, kind, model, stages mid/post/ttt, status, number of scores), then the
+    unpublished ones: still running, or stale (their process died; `results clean` removes them)."""
     from refine_bench.report.loader import load_runs, stages_key
+    from refine_bench.report.pending import STALE, pending_runs
 
     runset = load_runs(runs_dir, include_failed=all_runs)
     _warn(runset.warnings)
-    if not runset.runs:
+    pending = pending_runs(runs_dir)
+    if not runset.runs and not pending:
         typer.echo(f"no runs under {runs_dir}")
         return
     for run in runset.runs:
         typer.echo(f"{run.run_id}  {run.meta.get('kind', '?'):5s}  {run.meta['model']:20s}  "
                    f"{stages_key(run.stages):24s}  {run.meta.get('status')}  {len(run.scores)} scores")
+    for p in pending:
+        model, kind = p.meta.get("model", "?"), p.meta.get("kind", "?")
+        note = "its writer is gone" if p.state == STALE else "being written"
+        typer.echo(f"{p.run_id}  {kind:5s}  {model:20s}  {p.state} ({note}: {p.writer})  {p.path}")
+    stale = sum(p.state == STALE for p in pending)
+    if stale:
+        typer.echo(f"{stale} stale record(s): `refine-bench results clean --runs-dir {runs_dir}` removes them")
+
+
+@results_app.command("clean")
+def results_clean(runs_dir: Path = typer.Option(DEFAULT_RUNS, "--runs-dir", help="Folder of run records."),
+                  dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be removed.")) -> None:
+    """Remove stale records: unpublished folders whose writing process died (running ones are kept)."""
+    from refine_bench.report.pending import remove_stale
+
+    removed = remove_stale(runs_dir, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for p in removed:
+        typer.echo(f"{verb} {p.path} (stale: {p.writer})")
+    typer.echo(f"{verb} {len(removed)} stale record(s) under {runs_dir}")
 
 
 @results_app.command("show")
@@ -53,6 +76,8 @@ def results_show(run: str = typer.Argument(..., help="Run id, unique id prefix, 
     meta = rec.meta
     typer.echo(f"run      {rec.run_id}  ({rec.path})")
     typer.echo(f"kind     {meta.get('kind')}   status {meta.get('status')}")
+    if meta.get("error"):
+        typer.echo(f"error    {meta['error']}")
     typer.echo(f"model    {meta.get('model')}   stages {stages_key(rec.stages)}   arm {meta.get('arm')} "
                f"phase {meta.get('phase')}")
     typer.echo(f"time     {meta.get('start_time')} -> {meta.get('end_time')}")
