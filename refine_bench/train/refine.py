@@ -1,10 +1,20 @@
-"""The REFINE objective for one sequence: NTP on the whole sequence plus GRPO on multi-token rollouts.
+"""REFINE, step by step as the paper's method section states it, for one sequence x_1..x_S.
 
-The rollouts branch from the fast-weight state that the teacher-forced pass computes anyway
-(`forward_with_snapshots`), instead of re-running every prefix from scratch as the paper's code does. The
-snapshots keep the autograd graph to the prefix, so the GRPO gradient reaches what the prefix wrote into
-the fast weights. Sampling runs without grad on detached copies; a second, grad-carrying pass over the
-sampled tokens gives the log-probs and the policy's hidden states.
+1. entropy       H_t = -sum_v p(v | x_<=t) log p(v | x_<=t), from one teacher-forced pass (H_t is about x_{t+1})
+2. smoothing     H~ = AvgPool1d(H, window = k or k + 1, stride 1, zero padding window // 2)
+3. positions     split the tokens into c equal chunks; in each, draw t ~ softmax(H~_t / tau) (or uniform, or
+                 argmax / argmin of the raw H); the rollout starts at s = clamp(t + 1, margin, S - margin)
+4. rollouts      from the state after x_<s, sample k tokens, n times per position (`rollout_engine`)
+5. rewards       cosine: mean_j cos(h_pred_j, h_gt_j); binary: mean_j [y_j = x_{s+j}]; hybrid: their sum
+6. advantages    A = (r - mean_g r) / (std_g r + 1e-6) within each group g (the c*n rollouts of the sequence
+                 when n = 1, else the n rollouts of one position)
+7. surrogate     rho = exp(clamp(log pi - log pi_old)); L_RL = token-mean of max(-rho A, -clip(rho) A), capped
+                 at -dual_clip * A when A < 0
+8. loss          L = lambda_SFT * NTP + lambda_RL * L_RL
+
+`collect_rollouts` runs steps 1-6 without grad with the current policy; `sequence_terms` runs the grad-carrying
+part (NTP and the log-probs of step 7) for a later PPO mini-batch. Loss terms are returned as sums with their
+counts, so the caller can normalise over a whole mini-batch whatever the split across ranks.
 """
 
 from __future__ import annotations
@@ -14,186 +24,217 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from refine_bench.models.base import FastWeightPreTrainedModel
-from refine_bench.models.cache import FastWeightCache
-from refine_bench.train.grpo import clipped_surrogate, group_advantages
-from refine_bench.train.rewards import REWARDS, rollout_rewards
-from refine_bench.train.selection import STRATEGIES, next_token_entropy, select_rollout_starts, smooth_entropy
+from refine_bench.train.config import RefineConfig
 
 
-@dataclass
-class RefineConfig:
-    """REFINE hyper-parameters (paper Table 2 / D.1 defaults for mid-training)."""
-
-    num_chunks: int = 8  # c: rollout positions per sequence
-    rollout_len: int = 5  # k: tokens per rollout
-    num_rollouts: int = 1  # n: rollouts per position
-    reward: str = "cosine"
-    selection: str = "entropy"
-    selection_temperature: float = 1.0
-    sample_temperature: float = 1.0
-    smooth_kernel: int | None = None  # None: the rollout length k
-    margin: int = 20
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    dual_clip: float | None = 3.0
-    lambda_sft: float = 1.0
-    lambda_rl: float = 0.2
-
-    def __post_init__(self) -> None:
-        if self.reward not in REWARDS:
-            raise ValueError(f"reward must be one of {REWARDS}, got {self.reward!r}")
-        if self.selection not in STRATEGIES:
-            raise ValueError(f"selection must be one of {STRATEGIES}, got {self.selection!r}")
-        for name in ("num_chunks", "rollout_len", "num_rollouts"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.rollout_len > self.margin:
-            raise ValueError(f"rollout_len ({self.rollout_len}) must not exceed margin ({self.margin})")
+# 1 --------------------------------------------------------------------------------------------- entropy
+def next_token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """H_t = -sum_v p_t(v) log p_t(v) for logits [..., T, V]; float32 [..., T]."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
 
 
-@dataclass
-class SequenceTerms:
-    """Unnormalised loss terms of one sequence; the trainer divides by counts over the whole batch."""
-
-    ntp_sum: torch.Tensor
-    ntp_tokens: int
-    rl_sum: torch.Tensor
-    rl_tokens: int
-
-
-@dataclass
-class Rollouts:
-    """The c * n rollouts of one sequence (n consecutive rows per start position)."""
-
-    starts: list[int]
-    tokens: torch.Tensor  # [c * n, k]
-    old_logp: torch.Tensor  # [c * n, k], from the sampling policy
-    logp: torch.Tensor | None  # [c * n, k], on the graph once `sequence_terms` ran
-    rewards: torch.Tensor  # [c * n]
-    groups: torch.Tensor  # [c * n]
-    entropy_mean: float = 0.0
+# 2 --------------------------------------------------------------------------------------------- smoothing
+def smooth_entropy(entropy: torch.Tensor, window: int) -> torch.Tensor:
+    """Average pooling of [T] or [B, T] with an odd `window` (k + 1 when k is even), stride 1, zero padding
+    window // 2 (zeros count in the average, as in torch's AvgPool1d)."""
+    size = window if window % 2 == 1 else window + 1
+    x = entropy.float()
+    flat = x.reshape(-1, 1, x.shape[-1])
+    return F.avg_pool1d(flat, size, stride=1, padding=size // 2).reshape(x.shape)
 
 
-def ntp_sum(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None = None,
-            targets: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
-    """Summed next-token cross-entropy over positions whose target is a real token (pads masked).
+# 3 --------------------------------------------------------------------------------------------- positions
+def chunk_bounds(length: int, num_chunks: int, start: int = 0) -> list[int]:
+    """Edges of `num_chunks` equal chunks of the tokens start..length-1 (c + 1 integers)."""
+    return torch.linspace(start, length, num_chunks + 1).round().long().tolist()
 
-    `targets` [B, S] (bool) further restricts the loss to tokens marked as targets (e.g. answer tokens).
+
+def start_range(lo: int, hi: int, length: int, margin: int) -> tuple[int, int]:
+    """The lowest and highest rollout start a chunk [lo, hi) can give: clamp(t + 1, margin, S - margin)."""
+    def clamp(s: int) -> int:
+        return min(max(s, margin), length - margin)
+
+    return clamp(lo + 1), clamp(hi)
+
+
+def select_start(entropy: torch.Tensor, lo: int, hi: int, length: int, cfg: RefineConfig,
+                 generator: torch.Generator | None) -> int:
+    """Rollout start for the chunk [lo, hi): t drawn by cfg.selection from `entropy` (the chunk's values, raw or
+    smoothed as the strategy needs), s = clamp(t + 1, margin, S - margin)."""
+    h = entropy[lo:hi].float().cpu()  # drawn on the CPU generator: the same positions on any device
+    if cfg.selection == "entropy":
+        t = int(torch.multinomial(torch.softmax(h / cfg.selection_temperature, -1), 1, generator=generator))
+    elif cfg.selection == "uniform":
+        t = int(torch.randint(hi - lo, (1,), generator=generator))
+    elif cfg.selection == "argmax":
+        t = int(h.argmax())
+    else:
+        t = int(h.argmin())
+    return min(max(lo + t + 1, cfg.margin), length - cfg.margin)
+
+
+def selection_entropy(raw: torch.Tensor, cfg: RefineConfig) -> torch.Tensor:
+    """The entropy the strategy selects on: smoothed for `entropy` sampling (and for argmax/argmin with
+    smooth_argmax), raw otherwise (the paper's code)."""
+    smoothed = cfg.selection == "entropy" or (cfg.selection in ("argmax", "argmin") and cfg.smooth_argmax)
+    return smooth_entropy(raw, cfg.smoothing_window) if smoothed else raw.float()
+
+
+def selection_radius(cfg: RefineConfig) -> int:
+    """How far past a chunk the entropies must be known before its position can be chosen."""
+    smoothed = cfg.selection == "entropy" or (cfg.selection in ("argmax", "argmin") and cfg.smooth_argmax)
+    return cfg.smoothing_window // 2 if smoothed else 0
+
+
+def select_positions(entropy: torch.Tensor, cfg: RefineConfig, generator: torch.Generator | None) -> list[int]:
+    """Rollout starts s_1..s_c for one sequence from its raw next-token entropies [S]."""
+    length = entropy.shape[-1]
+    if length < cfg.min_sequence_length():
+        raise ValueError(f"sequence of {length} tokens is too short for {cfg.num_chunks} chunks with a margin of "
+                         f"{cfg.margin}")
+    h = selection_entropy(entropy, cfg)
+    bounds = chunk_bounds(length, cfg.num_chunks)
+    return [select_start(h, lo, hi, length, cfg, generator) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+# 5 --------------------------------------------------------------------------------------------- rewards
+@torch.no_grad()
+def rollout_rewards(kind: str, h_pred: torch.Tensor, h_gt: torch.Tensor, tokens: torch.Tensor,
+                    target: torch.Tensor) -> torch.Tensor:
+    """Rewards [R] of R rollouts: hidden states h_pred, h_gt [R, k, D], tokens and ground truth [R, k]."""
+    cosine = F.cosine_similarity(h_pred.float(), h_gt.float(), dim=-1).mean(-1)
+    binary = (tokens == target).float().mean(-1)
+    return {"cosine": cosine, "binary": binary, "hybrid": cosine + binary}[kind]
+
+
+def rollout_groups(num_positions: int, num_rollouts: int) -> torch.Tensor:
+    """GRPO group of each rollout: all c*n rollouts of the sequence when n = 1, else one group per position."""
+    positions = torch.arange(num_positions).repeat_interleave(num_rollouts)
+    return torch.zeros_like(positions) if num_rollouts == 1 else positions
+
+
+# 6 --------------------------------------------------------------------------------------------- advantages
+def group_advantages(rewards: torch.Tensor, groups: torch.Tensor, single: str = "raw",
+                     eps: float = 1e-6) -> torch.Tensor:
+    """A = (r - mean_g) / (std_g + eps), std the unbiased sample std. A group of one has no spread: the paper's
+    code then uses mean 0 and std 1 (A = r, `single="raw"`); `single="zero"` gives it no signal."""
+    adv = torch.zeros_like(rewards, dtype=torch.float32)
+    for g in groups.unique():
+        idx = groups == g
+        r = rewards[idx].float()
+        if r.numel() < 2:
+            adv[idx] = r if single == "raw" else 0.0
+            continue
+        adv[idx] = (r - r.mean()) / (r.std() + eps)
+    return adv
+
+
+# 7 --------------------------------------------------------------------------------------------- surrogate
+def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, cfg: RefineConfig
+                      ) -> torch.Tensor:
+    """Per-token PPO loss [R, k] for log-probs [R, k] and advantages [R] (broadcast over the k tokens):
+    max(-rho A, -clip(rho, 1 - low, 1 + high) A), capped at -dual_clip * A where A < 0, with
+    rho = exp(clamp(logp - old_logp, -clamp, clamp))."""
+    adv = advantages[:, None].to(logp.dtype)
+    log_ratio = logp - old_logp
+    if cfg.log_ratio_clamp is not None:
+        log_ratio = log_ratio.clamp(-cfg.log_ratio_clamp, cfg.log_ratio_clamp)
+    ratio = torch.exp(log_ratio)
+    loss = torch.maximum(-ratio * adv, -ratio.clamp(1 - cfg.clip_low, 1 + cfg.clip_high) * adv)
+    if cfg.dual_clip is not None:
+        loss = torch.where(adv < 0, torch.minimum(loss, -cfg.dual_clip * adv), loss)
+    return loss
+
+
+# 8 --------------------------------------------------------------------------------------------- loss
+def ntp_sum(logits: torch.Tensor, ids: torch.Tensor, targets: torch.Tensor | None = None,
+            mask: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy and its token count for logits [B, T, V] and ids [B, T].
+
+    `mask` [B, T] drops padding (a target counts when it and its context token are real); `targets` [B, T]
+    (bool) keeps only tokens marked as training targets (e.g. answer tokens).
     """
     labels = ids[:, 1:]
     losses = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
                              reduction="none").view_as(labels)
+    if mask is None and targets is None:
+        return losses.sum(), labels.numel()
     keep = torch.ones_like(labels, dtype=torch.bool)
     if mask is not None:
         keep &= (mask[:, 1:] * mask[:, :-1]).bool()
     if targets is not None:
         keep &= targets[:, 1:].bool()
-    if mask is None and targets is None:
-        return losses.sum(), labels.numel()
     return losses[keep].sum(), int(keep.sum())
 
 
+def combined_loss(ntp: torch.Tensor, ntp_count: int, rl: torch.Tensor | None, rl_count: int,
+                  cfg: RefineConfig | None) -> torch.Tensor:
+    """lambda_SFT * NTP / ntp_count + lambda_RL * L_RL / rl_count, the counts taken over the whole mini-batch
+    (`cfg` None: plain NTP / ntp_count; `rl` None: a sequence too short for rollouts, NTP term only)."""
+    if cfg is None:
+        return ntp / max(ntp_count, 1)
+    loss = cfg.lambda_sft * ntp / max(ntp_count, 1)
+    return loss if rl is None else loss + cfg.lambda_rl * rl / max(rl_count, 1)
+
+
+@dataclass
+class Rollouts:
+    """The c * n rollouts of one sequence (n consecutive rows per start position), from the sampling policy."""
+
+    starts: list[int]
+    tokens: torch.Tensor  # [c * n, k]
+    old_logp: torch.Tensor  # [c * n, k]
+    rewards: torch.Tensor  # [c * n]
+    groups: torch.Tensor  # [c * n]
+    entropy_mean: float = 0.0
+    logp: torch.Tensor | None = None  # [c * n, k], on the graph once `sequence_terms` ran
+
+    @property
+    def num_tokens(self) -> int:
+        return self.tokens.numel()
+
+
+@dataclass
+class SequenceTerms:
+    """Unnormalised loss terms of one sequence; the caller divides by counts over the whole mini-batch."""
+
+    ntp_sum: torch.Tensor
+    ntp_tokens: int
+    rl_sum: torch.Tensor | None
+    rl_tokens: int
+
+
 @torch.no_grad()
-def _sample(model: FastWeightPreTrainedModel, state: FastWeightCache, first_logits: torch.Tensor, cfg: RefineConfig,
-            generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """k tokens per rollout at temperature cfg.sample_temperature (top-p 1, no top-k); also their log-probs."""
-    n = cfg.num_rollouts
-    logits = first_logits.detach().float().expand(n, -1)
-    cache = state.detach().repeat_interleave(n)
-    tokens, logps = [], []
-    for j in range(cfg.rollout_len):
-        logp = torch.log_softmax(logits / cfg.sample_temperature, dim=-1)
-        # drawn on the CPU with the sequence's CPU generator: the same samples on any device
-        tok = torch.multinomial(logp.exp().cpu(), 1, generator=generator).to(logp.device)
-        tokens.append(tok)
-        logps.append(logp.gather(-1, tok))
-        if j + 1 < cfg.rollout_len:
-            out = model(tok, cache=cache, use_cache=True)
-            cache, logits = out.cache, out.logits[:, -1].float()
-    return torch.cat(tokens, 1), torch.cat(logps, 1)
+def collect_rollouts(model, ids: torch.Tensor, cfg: RefineConfig, generator: torch.Generator | None = None
+                     ) -> Rollouts:
+    """Steps 1-6 for one unpadded sequence ids [1, S] with the current policy (no grad)."""
+    from refine_bench.train.rollout_engine import rollout_engine
 
-
-def _score(model: FastWeightPreTrainedModel, state: FastWeightCache, first_logits: torch.Tensor, tokens: torch.Tensor,
-           cfg: RefineConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs [n, k] of the sampled tokens and the policy's hidden states [n, k, D] at them, with grad."""
-    out = model(tokens, cache=state.repeat_interleave(tokens.shape[0]), use_cache=True, output_hidden_states=True)
-    logits = torch.cat([first_logits.expand(tokens.shape[0], 1, -1), out.logits[:, :-1]], dim=1)
-    logp = torch.log_softmax(logits.float() / cfg.sample_temperature, dim=-1).gather(-1, tokens[..., None])[..., 0]
-    return logp, out.hidden_states[-1]
-
-
-def supports_rollouts(length: int, cfg: RefineConfig) -> bool:
-    """Whether a sequence of `length` tokens is long enough for cfg.num_chunks rollout positions."""
-    return length >= max(cfg.num_chunks, 2 * cfg.margin + 1)
-
-
-@torch.no_grad()
-def collect_rollouts(
-    model: FastWeightPreTrainedModel, ids: torch.Tensor, cfg: RefineConfig, generator: torch.Generator | None = None
-) -> Rollouts:
-    """Rollout phase for one unpadded sequence ids [1, S]: positions, samples, old log-probs, rewards.
-
-    Runs without grad with the current (old) policy; `sequence_terms` later recomputes the log-probs with
-    grad, so several optimiser steps can share rollouts collected before the first of them (PPO).
-    """
-    if ids.dim() != 2 or ids.shape[0] != 1:
-        raise ValueError(f"ids must have shape [1, S] (one unpadded sequence), got {list(ids.shape)}")
-    entropy = next_token_entropy(model(ids).logits)[0]
-    smoothed = smooth_entropy(entropy[None], cfg.smooth_kernel or cfg.rollout_len)[0]
-    starts = select_rollout_starts(smoothed, cfg.num_chunks, strategy=cfg.selection,
-                                   temperature=cfg.selection_temperature, margin=cfg.margin, generator=generator)
-    logits, hidden, snapshots = model.forward_with_snapshots(ids, starts, detach=True)
+    engine = rollout_engine(cfg)
+    scan = engine.scan(model, ids, cfg, generator)
+    tokens, old_logp, h_pred = engine.sample(model, ids, scan, cfg, generator)
     k, n = cfg.rollout_len, cfg.num_rollouts
-    all_tokens, all_old, all_rewards = [], [], []
-    for s, state in zip(starts, snapshots, strict=True):
-        tokens, old_logp = _sample(model, state, logits[0, s - 1], cfg, generator)
-        _, h_pred = _score(model, state, logits[0, s - 1], tokens, cfg)
-        h_gt = hidden[0, s : s + k].expand(n, -1, -1)
-        all_rewards.append(rollout_rewards(cfg.reward, h_pred, h_gt, tokens, ids[0, s : s + k].expand(n, -1)))
-        all_tokens.append(tokens)
-        all_old.append(old_logp)
-    rewards = torch.cat(all_rewards)
-    positions = torch.arange(len(starts), device=rewards.device).repeat_interleave(n)
-    groups = torch.zeros_like(positions) if n == 1 else positions
-    return Rollouts(starts, torch.cat(all_tokens), torch.cat(all_old), None, rewards, groups,
-                    float(entropy.mean()))
+    h_gt = torch.stack([scan.hidden[s : s + k] for s in scan.starts]).repeat_interleave(n, 0)
+    target = torch.stack([ids[0, s : s + k] for s in scan.starts]).repeat_interleave(n, 0)
+    rewards = rollout_rewards(cfg.reward, h_pred, h_gt, tokens, target)
+    return Rollouts(scan.starts, tokens, old_logp, rewards, rollout_groups(len(scan.starts), n).to(rewards.device),
+                    float(scan.entropy.mean()))
 
 
-def sequence_terms(
-    model: FastWeightPreTrainedModel, ids: torch.Tensor, cfg: RefineConfig, rollouts: Rollouts | None,
-    targets: torch.Tensor | None = None,
-) -> SequenceTerms:
-    """Loss terms with grad for one unpadded sequence: NTP over it (over `targets` [1, S] only, when given),
-    plus GRPO on `rollouts` when given.
+def sequence_terms(model, ids: torch.Tensor, cfg: RefineConfig, rollouts: Rollouts | None,
+                   targets: torch.Tensor | None = None) -> SequenceTerms:
+    """The grad-carrying terms of one unpadded sequence ids [1, S]: NTP (over `targets` [1, S] only, when
+    given), plus step 7 on `rollouts` when given, whose log-probs flow back through the prefix's state."""
+    from refine_bench.train.rollout_engine import rollout_engine
 
-    The GRPO log-probs come from branching the grad-carrying snapshots of the teacher-forced pass, so the
-    gradient flows back through the prefix's fast-weight state. Sets `rollouts.logp`.
-    """
     if rollouts is None:
         logits = model(ids).logits
-        loss, count = ntp_sum(logits, ids, targets=targets)
-        return SequenceTerms(loss, count, logits.new_zeros(()), 0)
-    logits, _, snapshots = model.forward_with_snapshots(ids, rollouts.starts, output_hidden_states=False)
-    ntp, ntp_tokens = ntp_sum(logits, ids, targets=targets)
-    n = cfg.num_rollouts
-    logps = []
-    for i, (s, state) in enumerate(zip(rollouts.starts, snapshots, strict=True)):
-        logp, _ = _score(model, state, logits[0, s - 1], rollouts.tokens[i * n : (i + 1) * n], cfg)
-        logps.append(logp)
-    rollouts.logp = torch.cat(logps)
-    advantages = group_advantages(rollouts.rewards, rollouts.groups).to(rollouts.logp.device)
-    per_token = clipped_surrogate(rollouts.logp, rollouts.old_logp, advantages, cfg.clip_low, cfg.clip_high,
-                                  cfg.dual_clip)
-    return SequenceTerms(ntp, ntp_tokens, per_token.sum(), per_token.numel())
-
-
-def refine_sequence_terms(
-    model: FastWeightPreTrainedModel,
-    ids: torch.Tensor,
-    cfg: RefineConfig,
-    generator: torch.Generator | None = None,
-) -> tuple[SequenceTerms, Rollouts]:
-    """On-policy REFINE terms for one sequence: collect rollouts, then the grad-carrying loss terms."""
-    rollouts = collect_rollouts(model, ids, cfg, generator)
-    return sequence_terms(model, ids, cfg, rollouts), rollouts
+        ntp, count = ntp_sum(logits, ids, targets=targets)
+        return SequenceTerms(ntp, count, None, 0)
+    logits, logp = rollout_engine(cfg).score(model, ids, rollouts, cfg)
+    ntp, count = ntp_sum(logits, ids, targets=targets)
+    rollouts.logp = logp
+    advantages = group_advantages(rollouts.rewards, rollouts.groups, cfg.single_rollout_advantage).to(logp.device)
+    per_token = clipped_surrogate(logp, rollouts.old_logp.to(logp.device), advantages, cfg)
+    return SequenceTerms(ntp, count, per_token.sum(), per_token.numel())
