@@ -1,52 +1,47 @@
-"""The trainer: exact SFT step, PPO mini-batches, resume after interruption, ranks (gloo) = one process."""
+"""The trainer: exact SFT step, PPO mini-batches, resume after interruption, schedules, precision, presets."""
 
 from __future__ import annotations
 
-import os
-import tempfile
+import math
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from refine_bench.errors import UserInputError
 from refine_bench.models.deltanet import DeltaNetForCausalLM
-from refine_bench.train.data import BatchStream, pack_documents
-from refine_bench.train.distributed import DistContext
-from refine_bench.train.presets import TrainConfig, preset
-from refine_bench.train.refine import RefineConfig
-from refine_bench.train.trainer import Trainer, latest_checkpoint
+from refine_bench.train.checkpoints import latest_checkpoint
+from refine_bench.train.config import RefineConfig, TrainConfig
+from refine_bench.train.presets import departures, preset
+from refine_bench.train.schedule import learning_rate
+from refine_bench.train.streams import SequenceStream
+from refine_bench.train.trainer import Trainer
 from tests.conftest import small_deltanet_config
 
 SEQ = 48
 
 
-def make_model(seed: int = 0) -> DeltaNetForCausalLM:
+def make_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> DeltaNetForCausalLM:
     torch.manual_seed(seed)
-    return DeltaNetForCausalLM(small_deltanet_config()).eval()
+    return DeltaNetForCausalLM(small_deltanet_config()).to(dtype).eval()
 
 
-def make_stream(n: int = 8, batch: int = 4) -> BatchStream:
+def make_stream(n: int = 8, batch: int = 4) -> SequenceStream:
     data = torch.randint(3, 97, (n, SEQ), generator=torch.Generator().manual_seed(42))
-    return BatchStream(data, batch_size=batch, seed=0)
+    return SequenceStream(data, batch_size=batch, seed=0)
 
 
 def refine_config(**kw) -> TrainConfig:
-    base = dict(arm="refine", phase="mid", steps=3, batch_size=4, mini_batch_size=2, lr=1e-3, seed=7,
+    base = dict(arm="refine", phase="mid", steps=3, batch_size=4, mini_batch_size=2, lr=1e-3, seed=7, seq_len=SEQ,
                 refine=RefineConfig(num_chunks=2, rollout_len=3, num_rollouts=2, margin=6, reward="hybrid"))
     base.update(kw)
     return TrainConfig(**base)
 
 
-def params_of(model):
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
 def test_sft_step_equals_mean_cross_entropy_step():
-    cfg = TrainConfig(arm="sft", steps=1, batch_size=4, lr=1e-2, grad_clip=0.5)
+    cfg = TrainConfig(arm="sft", steps=1, batch_size=4, lr=1e-2, grad_clip=0.5, seq_len=SEQ)
     model, ref = make_model(), make_model()
     stream = make_stream()
-    batch = stream.sequences[stream._order(0)[:4]]
+    batch = torch.stack([ex.ids for ex in SequenceStream(stream.sequences, 4, seed=0).__next__()])
     Trainer(model, None, cfg, stream).train()
 
     opt = torch.optim.AdamW(ref.parameters(), lr=1e-2, betas=cfg.betas, weight_decay=cfg.weight_decay)
@@ -63,7 +58,7 @@ def test_refine_makes_one_optimizer_step_per_mini_batch_and_logs_rewards():
     trainer = Trainer(make_model(), None, refine_config(steps=1), make_stream(), log_fn=lambda s, m: logged.append(m))
     trainer.train()
     (m,) = logged
-    assert m["optimizer_steps"] == 2
+    assert m["optimizer_steps"] == 2 and m["skipped_steps"] == 0
     assert {"loss", "loss_ntp", "loss_rl", "reward_mean", "reward_std", "frac_reward_zero_std"} <= set(m)
     assert m["loss"] == pytest.approx(m["loss_ntp"] + 0.2 * m["loss_rl"])
     assert 0.0 <= m["frac_reward_zero_std"] <= 1.0
@@ -85,44 +80,58 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path):
         assert torch.equal(resumed.model.state_dict()[k], v), k
 
 
-def _rank_main(rank: int, world: int, init_file: str, out_file: str) -> None:
-    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    logged = []
-    trainer = Trainer(make_model(), None, refine_config(steps=1, mini_batch_size=4), make_stream(),
-                      dist=DistContext(rank, world), log_fn=lambda s, m: logged.append(m))
-    trainer.train()
-    if rank == 0:
-        grads = {k: p.grad.clone() for k, p in trainer.model.named_parameters()}
-        torch.save({"grads": grads, "metrics": logged}, out_file)
-    torch.distributed.destroy_process_group()
+def test_bf16_checkpoint_trains_through_float32_master_weights(tmp_path):
+    """One AdamW step at lr 1e-6 changes the same weights whether the model came as bf16 or fp32, and the
+    checkpoint holds those changed float32 weights (a bf16 copy would round most of the update away)."""
+    from refine_bench.models.checkpoint import load_state_dict
+    from refine_bench.train.precision import use_master_weights
+
+    source = make_model()
+    bf16 = source.to(torch.bfloat16)
+    weights_as_loaded = {k: v.float().clone() for k, v in bf16.state_dict().items()}
+    fp32 = make_model()
+    fp32.load_state_dict(weights_as_loaded)
+    cfg = TrainConfig(arm="sft", steps=1, batch_size=4, lr=1e-6, seq_len=SEQ, precision="fp32")
+    trained = {}
+    for name, model in (("bf16", use_master_weights(bf16)), ("fp32", fp32)):
+        trainer = Trainer(model, None, cfg, make_stream(), output_dir=tmp_path / name)
+        trainer.train()
+        trained[name] = {k: v.clone() for k, v in model.state_dict().items()}
+    changed = 0
+    for key, before in weights_as_loaded.items():
+        after = trained["bf16"][key]
+        assert after.dtype == torch.float32
+        torch.testing.assert_close(after, trained["fp32"][key], atol=0, rtol=0, msg=key)
+        changed += int((after != before).sum())
+    total = sum(v.numel() for v in weights_as_loaded.values())
+    assert changed > 0.9 * total
+    saved = load_state_dict(latest_checkpoint(tmp_path / "bf16"))
+    for key, value in trained["bf16"].items():
+        assert saved[key].dtype == torch.float32 and torch.equal(saved[key], value), key
+    # what a bf16 update would have kept: most 1e-6 steps round away
+    rounded = sum(int((trained["fp32"][k].bfloat16().float() != weights_as_loaded[k]).sum())
+                  for k in weights_as_loaded)
+    assert rounded < 0.1 * total
 
 
-def test_two_gloo_ranks_train_like_one_process(tmp_path):
-    logged = []
-    single = Trainer(make_model(), None, refine_config(steps=1, mini_batch_size=4), make_stream(),
-                     log_fn=lambda s, m: logged.append(m))
-    single.train()
-    init_file = tempfile.mktemp(dir=tmp_path)
-    out_file = str(tmp_path / "rank0.pt")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    mp.start_processes(_rank_main, args=(2, init_file, out_file), nprocs=2, join=True, start_method="spawn")
-    multi = torch.load(out_file, weights_only=True)
-    for ours, theirs in zip(logged, multi["metrics"], strict=True):
-        for key in ("loss", "loss_ntp", "loss_rl", "reward_mean", "reward_std", "frac_reward_zero_std"):
-            # loss_rl is ~0 on-policy (advantages sum to zero per group) and the ranks run 1 thread each,
-            # so it agrees to rounding only: compare it absolutely
-            assert theirs[key] == pytest.approx(ours[key], rel=1e-6, abs=1e-4), key
-    # the summed, clipped gradient of the optimiser step (rounding differs: sums run in another order)
-    for k, p in single.model.named_parameters():
-        torch.testing.assert_close(multi["grads"][k], p.grad, atol=5e-6, rtol=1e-4)
+def test_cosine_schedule_with_warmup_hand_computed():
+    cfg = TrainConfig(arm="sft", phase="pretrain", steps=10, lr=1.0, lr_schedule="cosine", warmup_steps=2,
+                      min_lr_ratio=0.1, batch_size=4, seq_len=SEQ)
+    assert [learning_rate(cfg, s) for s in (0, 1)] == [0.5, 1.0]
+    assert learning_rate(cfg, 2) == pytest.approx(1.0)
+    assert learning_rate(cfg, 6) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert learning_rate(cfg, 10) == pytest.approx(0.1)
+    assert learning_rate(preset("mid", "sft"), 50) == 1e-6
 
 
 def test_bad_settings_are_named():
-    with pytest.raises(UserInputError, match="not a multiple of mini_batch_size"):
-        TrainConfig(batch_size=6, mini_batch_size=4)
-    with pytest.raises(UserInputError, match="unknown arm"):
-        TrainConfig(arm="dpo")
-    with pytest.raises(UserInputError, match="reward must be one of"):
+    for kwargs, message in [({"batch_size": 6, "mini_batch_size": 4}, "not a multiple of mini_batch_size"),
+                            ({"arm": "dpo"}, "unknown arm"), ({"lr": -1.0}, "learning rate"),
+                            ({"lr": float("nan")}, "learning rate"), ({"steps": 0}, "steps must be"),
+                            ({"precision": "fp8"}, "precision"), ({"seq_len": 30}, "too short for REFINE")]:
+        with pytest.raises(UserInputError, match=message):
+            TrainConfig(**kwargs)
+    with pytest.raises(UserInputError, match="unknown reward"):
         preset("mid", "refine", reward="bleu")
     cfg = preset("ttt", "refine", batch_size=8)
     assert (cfg.refine.lambda_rl, cfg.refine.reward, cfg.optimizer_mini_batch) == (0.4, "binary", 4)
@@ -130,15 +139,19 @@ def test_bad_settings_are_named():
     assert preset("mid", "sft", sft_steps_like_refine=True).optimizer_mini_batch == 32
 
 
-def test_packing_and_stream_are_deterministic_and_resumable():
-    from refine_bench.models.tokenizer import load_tiny_tokenizer
+def test_departures_from_the_preset_make_a_variant():
+    assert departures(preset("mid", "refine")) == {}
+    assert departures(preset("mid", "refine", rollout_mode="recompute", seq_len=256, steps=2)) == {}
+    assert departures(preset("mid", "refine", reward="binary", num_chunks=2)) == {"reward": "binary", "num_chunks": 2}
+    assert departures(preset("mid", "sft", data_mode="packed")) == {"data_mode": "packed"}
+    assert departures(preset("mid", "sft", reward="binary")) == {}  # REFINE knobs do not matter to SFT
 
-    tok = load_tiny_tokenizer()
-    seqs = pack_documents(["hello world " * 20, "second document " * 30], tok, seq_len=16)
-    flat = seqs.reshape(-1).tolist()
-    assert flat[: len(tok("hello world " * 20, add_special_tokens=False).input_ids)] == \
-        tok("hello world " * 20, add_special_tokens=False).input_ids
-    a, b = BatchStream(seqs, 2, seed=3), BatchStream(seqs, 2, seed=3)
-    first = [next(a) for _ in range(5)]
-    b.position = 3
-    assert torch.equal(next(b), first[3])
+
+def test_stream_is_deterministic_and_resumable():
+    seqs = torch.arange(10 * 4).view(10, 4)
+    a, b = SequenceStream(seqs, 2, seed=3), SequenceStream(seqs, 2, seed=3)
+    first = [torch.stack([ex.ids for ex in next(a)]) for _ in range(7)]  # crosses an epoch boundary
+    b.position = 6
+    assert torch.equal(torch.stack([ex.ids for ex in next(b)]), first[6])
+    epoch = torch.cat(first[:5]).sort(dim=0).values
+    assert torch.equal(epoch, seqs)  # one epoch visits every sequence once
