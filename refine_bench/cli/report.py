@@ -1,4 +1,4 @@
-"""CLI for the results store, paper tables, metric history, dashboard and regression check.
+"""CLI for the results store, paper tables, the mini-paper, metric history, dashboard and regression check.
 
 `register(app)` adds `results`, `history`, `tables`, `dashboard` and `regress` to the main app; bad input
 raises UserInputError, which the main entry point turns into one line and exit code 2.
@@ -96,14 +96,32 @@ def results_show(run: str = typer.Argument(..., help="Run id, unique id prefix, 
         typer.echo(f"train_metrics.jsonl: {n_train} step rows")
 
 
-def tables(runs_dir: Path = typer.Option(DEFAULT_RUNS, "--runs-dir", help="Folder of run records."),
-           out: Path = typer.Option(Path("results/paper"), "--out", help="Output folder."),
+def tables(runs_dir: Path | None = typer.Option(None, "--runs-dir", help="Folder of run records (default "
+                                                "results/runs; with --mini-paper results/mini-paper/runs)."),
+           out: Path | None = typer.Option(None, "--out", help="Output folder (default results/paper; with "
+                                           "--mini-paper results/mini-paper)."),
            baselines: Path | None = typer.Option(None, "--baselines", help="Folder with paper_results.csv."),
-           plots: bool = typer.Option(True, "--plots/--no-plots", help="Also draw the PNG/PDF plots.")) -> None:
-    """Rebuild the paper's Tables 3, 4, 5 (Markdown, LaTeX, CSV), relative gains and plots."""
-    from refine_bench.report.build import build_paper
+           plots: bool = typer.Option(True, "--plots/--no-plots", help="Also draw the PNG/PDF plots."),
+           mini_paper: bool = typer.Option(False, "--mini-paper",
+                                           help="Instead: Table 3 over seeds (mean ± 95% CI) with paired tests of "
+                                                "REFINE − SFT and SFT − base, NIAH heatmaps and gain bars.")) -> None:
+    """Rebuild the paper's Tables 3, 4, 5 (Markdown, LaTeX, CSV), relative gains and plots, or the mini-paper."""
+    if mini_paper:
+        from refine_bench.report.build import build_mini_paper
+        from refine_bench.report.mini_paper import MINI_PAPER_OUT_DIR, MINI_PAPER_RUNS_DIR
 
-    result = build_paper(runs_dir, out, baselines_dir=baselines, with_plots=plots)
+        if baselines is not None:
+            raise UserInputError("--baselines does not apply to --mini-paper (it compares arms, not the paper)")
+        out = out or MINI_PAPER_OUT_DIR
+        mini = build_mini_paper(runs_dir or MINI_PAPER_RUNS_DIR, out, with_plots=plots)
+        _warn(mini.warnings)
+        n_records = sum(len(seeds) for seeds in mini.paper.records.values())
+        typer.echo(f"{n_records} record(s) in {len(mini.paper.rows)} row(s); wrote {len(mini.paths)} files to {out}")
+        return
+    from refine_bench.report.build import DEFAULT_OUT_DIR, build_paper
+
+    out = out or DEFAULT_OUT_DIR
+    result = build_paper(runs_dir or DEFAULT_RUNS, out, baselines_dir=baselines, with_plots=plots)
     _warn(result.warnings)
     typer.echo(f"{result.n_runs} run(s) read, {len(result.warnings)} skipped; wrote {len(result.paths)} files "
                f"to {out}")

@@ -176,3 +176,27 @@ def training_curves(runs: list[Run], out_dir: Path) -> list[Path]:
         fig.suptitle(f"{run.meta['model']} {stages_key(run.stages)} ({run.run_id})", fontsize=9)
         paths += save_figure(fig, out_dir / f"train_{safe_name(run.run_id)}")
     return paths
+
+
+def gain_bars(bars: list[tuple[str, str, float, float | None]], title: str, stem: Path,
+              ylabel: str = "difference (points)") -> list[Path]:
+    """Grouped bars of differences: `bars` holds (series, group, value, CI half-width or None) and each group
+    (e.g. a NIAH family) gets one bar per series (e.g. "REFINE − SFT"), with its CI as a whisker."""
+    if not bars:
+        return []
+    groups = list(dict.fromkeys(g for _, g, _, _ in bars))
+    series = list(dict.fromkeys(s for s, _, _, _ in bars))
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.4 * len(groups) * max(1, len(series)) / 2 + 1.5), 3.4))
+    width = 0.8 / len(series)
+    for i, name in enumerate(series):
+        points = {g: (v, hw) for s, g, v, hw in bars if s == name}
+        xs = [j + (i - (len(series) - 1) / 2) * width for j, g in enumerate(groups) if g in points]
+        values = [points[g][0] for g in groups if g in points]
+        errors = [points[g][1] if points[g][1] is not None else 0.0 for g in groups if g in points]
+        ax.bar(xs, values, width=width, yerr=errors, capsize=3, label=name)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    return save_figure(fig, stem)
