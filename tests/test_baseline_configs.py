@@ -39,3 +39,35 @@ def test_config_matches_the_preset(path):
         assert cfg.batch_size // cfg.optimizer_mini_batch == doc["optimizer_steps_per_step"]
     if "seq_len" in doc:
         assert (cfg.seq_len, cfg.steps) == (doc["seq_len"], doc["steps"])
+
+
+def test_configs_and_paper_numbers_speak_the_protocol() -> None:
+    """baselines/ uses refine_bench.protocol's names: stages and arms, tasks and their printed labels, metrics."""
+    import csv
+
+    from refine_bench.protocol import (
+        BASE_ARM,
+        GROUP_METRICS,
+        LONGBENCH,
+        NIAH_FAMILIES,
+        PAPER_LENGTHS,
+        RULER_QA_LABELS,
+        STAGE_ARMS,
+        STAGES,
+    )
+
+    for path in ARMS_DIR.glob("*.yaml"):
+        doc = yaml.safe_load(path.read_text())
+        assert set(doc["stages"]) == set(STAGES), path
+        assert all(arm is None or arm in STAGE_ARMS[stage] for stage, arm in doc["stages"].items()), path
+        assert doc["arm"] == BASE_ARM or doc["arm"] in STAGE_ARMS[doc["phase"]], path
+    labels = {**dict(NIAH_FAMILIES), **RULER_QA_LABELS, **{t.task: t.label for t in LONGBENCH},
+              "longbench_avg": "avg"}
+    with open(ARMS_DIR.parent / "paper_results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:
+        assert labels[row["task"]] == row["label"], row["cell"]
+        assert GROUP_METRICS[row["group"]] == row["metric"], row["cell"]
+        assert all(row[s] == "" or row[s] in STAGE_ARMS[s] for s in STAGES), row["cell"]
+        assert row["length"] in {"", "avg", *map(str, PAPER_LENGTHS)}, row["cell"]
+    assert {r["task"] for r in rows} == set(labels)

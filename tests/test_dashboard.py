@@ -55,6 +55,18 @@ def test_dashboard_html_is_self_contained_and_flags_regressions() -> None:
     assert "default-src 'none'" in html
 
 
+def test_dashboard_command_writes_the_page_and_refuses_a_missing_history(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    hist = tmp_path / "history.jsonl"
+    hist.write_text("".join(json.dumps(r) + "\n" for r in _rows()))
+    out = tmp_path / "dash" / "index.html"
+    code, output = run_cli(capsys, "dashboard", "--history", hist, "--out", out)
+    assert code == 0 and f"wrote {out}" in output
+    assert set(_figures(out.read_text())) == {"niah_single_1@4096/recall", "train/loss@final", "speedup"}
+    code, output = run_cli(capsys, "dashboard", "--history", tmp_path / "none.jsonl", "--out", out)
+    assert code == 2 and "history file not found" in output
+
+
 def _chromium_check(page: Path, tmp_path: Path) -> tuple[str, list[str]]:
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:
