@@ -12,9 +12,9 @@ import torch.nn.functional as F
 
 from refine_bench.errors import UserInputError
 from refine_bench.models.tokenizer import load_tiny_tokenizer
-from refine_bench.train.data import PairStream, encode_qa_pairs, read_qa_pairs
-from refine_bench.train.presets import TrainConfig
-from refine_bench.train.refine import RefineConfig
+from refine_bench.train.config import RefineConfig, TrainConfig
+from refine_bench.train.documents import read_qa_pairs
+from refine_bench.train.streams import PairStream, encode_pairs
 from refine_bench.train.trainer import Trainer
 from tests.test_trainer import make_model
 
@@ -55,7 +55,9 @@ def adam_step(model, loss, cfg):
 
 
 def first_batch(stream):
-    return PairStream(stream.pairs, stream.batch_size, seed=stream.seed).__next__()
+    """The (prompt, answer) pairs of the stream's first batch."""
+    examples = PairStream(stream.pairs, stream.batch_size, seed=stream.seed).__next__()
+    return [(ex.ids[: ex.prompt_len], ex.ids[ex.prompt_len :]) for ex in examples]
 
 
 def test_post_sft_trains_on_answer_tokens_only():
@@ -106,8 +108,10 @@ def test_qa_reading_encoding_and_errors(tmp_path):
     ((prompt, answer),) = read_qa_pairs(f)
     assert answer == "in the box"
     tok = load_tiny_tokenizer()
-    ((p, a),) = encode_qa_pairs([(prompt, answer)], tok, max_len=40)
-    assert len(p) + len(a) == 40 and a[-1].item() == tok.eos_token_id
+    ((p, a),) = encode_pairs([(prompt, answer)], tok, max_len=40)
+    assert len(p) + len(a) == 40 and a.tolist() == tok(answer, add_special_tokens=False)["input_ids"]
+    ((_, with_eos),) = encode_pairs([(prompt, answer)], tok, max_len=40, answer_eos=True)
+    assert with_eos[-1].item() == tok.eos_token_id and len(with_eos) == len(a) + 1
     full = tok(prompt, add_special_tokens=False)["input_ids"]
     half = (40 - len(a)) // 2
     assert p[:half].tolist() == full[:half] and p[half:].tolist() == full[len(full) - (len(p) - half):]

@@ -6,9 +6,9 @@ import sys
 
 import typer
 
-from refine_bench.cli import bench, models, report, run, train
+from refine_bench.cli import bench, data, models, report, run, train
 from refine_bench.cli import eval as eval_cli
-from refine_bench.errors import UserInputError
+from refine_bench.errors import RefineBenchError, UserInputError
 
 app = typer.Typer(
     name="refine-bench",
@@ -25,16 +25,22 @@ app.command("eval", help="Evaluate a model on NIAH, RULER QA, LongBench (or lm-e
     eval_cli.eval_command)
 app.command("tasks", help="List the evaluation tasks and groups.")(eval_cli.tasks_command)
 app.add_typer(bench.app, name="bench", help="Benchmarks printing a table and one JSON object on the last line.")
+app.add_typer(data.app, name="data", help="Prepare training data (e.g. the paper's >= 16K-token documents).")
 report.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: usage errors and UserInputError exit with code 2."""
+    """Console entry point: bad input exits with code 2, an interrupted run with 128 + the signal number,
+    another refine-bench failure (e.g. non-finite training) with 1; each with a one-line message."""
     try:
         app(args=argv, prog_name="refine-bench")
     except UserInputError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    except RefineBenchError as exc:  # an interrupted run carries 128 + its signal as exit_code
+        code = getattr(exc, "exit_code", 1)
+        typer.echo(f"error: {exc}" if code == 1 else str(exc), err=True)
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""`refine-bench train`: one arm in one phase on a model, with the paper's presets and resume."""
+"""`refine-bench train`: one arm in one phase on a model, with the paper's presets, checkpoints and resume."""
 
 from __future__ import annotations
 
@@ -7,65 +7,78 @@ from pathlib import Path
 
 import typer
 
-from refine_bench.errors import UserInputError
-from refine_bench.models.zoo import MODELS
-from refine_bench.train.presets import PHASES, TrainConfig, preset
-
-# Sizes for the tiny CPU models when the user gives none: a smoke-scale run, not the paper's 128 x 16K.
-TINY_DEFAULTS = {"steps": 2, "batch_size": 4, "mini_batch_size": 2, "seq_len": 256}
-
-
-def is_tiny(model: str) -> bool:
-    return model in MODELS and MODELS[model].seeded_init
-
-
-def build_config(model: str, arm: str, phase: str, **options) -> TrainConfig:
-    """The phase preset, tiny-model sizes where the model is tiny and nothing was given, then `options`."""
-    if phase not in PHASES:
-        raise UserInputError(f"unknown phase {phase!r}; valid phases: {', '.join(PHASES)}")
-    given = {k: v for k, v in options.items() if v is not None}
-    sizes = {k: v for k, v in TINY_DEFAULTS.items() if k not in given} if is_tiny(model) else {}
-    if arm not in ("refine", "nested_refine") and "mini_batch_size" in sizes and not given.get("sft_steps_like_refine"):
-        sizes.pop("mini_batch_size")
-    return preset(phase, arm, **sizes, **given)
+from refine_bench.cli import training_options as opt
+from refine_bench.protocol import TRAIN_PHASES
 
 
 def train_command(
-    model: str = typer.Option("deltanet-tiny", help="Zoo name, local checkpoint directory or hub id."),
-    arm: str = typer.Option("refine", help="mid: sft | refine; post: sft | nested_sft | nested_refine."),
-    phase: str = typer.Option("mid", help="mid (documents) or post (prompt/answer pairs); the ttt phase runs "
-                              "inside `refine-bench eval --ttt-arm`."),
-    data: str = typer.Option("builtin", help="mid: documents (.jsonl 'text' / .txt / .parquet, a folder, or "
-                             "'builtin', a smoke-test corpus); post: .jsonl/.parquet with 'prompt' and 'answer'."),
-    steps: int | None = typer.Option(None, help="Training steps (preset: 100; tiny models: 2)."),
-    batch_size: int | None = typer.Option(None, help="Sequences per step (preset: 128/64/8 by phase)."),
-    mini_batch_size: int | None = typer.Option(None, help="Sequences per optimiser step (REFINE preset: 32)."),
-    seq_len: int | None = typer.Option(None, help="Tokens per sequence (preset: 16384; tiny models: 256)."),
-    lr: float | None = typer.Option(None, help="Learning rate (preset: 1e-6)."),
-    num_chunks: int | None = typer.Option(None, "--chunks", help="REFINE c: rollout positions per sequence."),
-    rollout_len: int | None = typer.Option(None, "--rollout-len", help="REFINE k: tokens per rollout."),
-    num_rollouts: int | None = typer.Option(None, "--rollouts", help="REFINE n: rollouts per position."),
-    reward: str | None = typer.Option(None, help="cosine, binary or hybrid (preset by phase)."),
-    selection: str | None = typer.Option(None, help="entropy (default), uniform, argmax or argmin."),
+    model: opt.Model = "deltanet-tiny",
+    arm: str = typer.Option("refine", help="pretrain: sft; mid: sft | refine; post: sft | nested_sft | "
+                            "nested_refine."),
+    phase: str = typer.Option("mid", help=f"One of {', '.join(TRAIN_PHASES)} (the ttt phase runs inside "
+                              "`refine-bench eval --ttt-arm`)."),
+    data: opt.Data = "builtin",
+    text_field: opt.TextField = "text",
+    data_mode: opt.DataMode = None,
+    steps: opt.Steps = None,
+    batch_size: opt.BatchSize = None,
+    mini_batch_size: opt.MiniBatch = None,
+    seq_len: opt.SeqLen = None,
+    lr: opt.Lr = None,
+    warmup_steps: int | None = typer.Option(None, help="Warm-up steps of the cosine schedule (pretraining)."),
+    num_chunks: opt.Chunks = None,
+    rollout_len: opt.RolloutLen = None,
+    num_rollouts: opt.Rollouts = None,
+    reward: opt.Reward = None,
+    selection: opt.Selection = None,
+    rollout_mode: opt.RolloutMode = None,
+    rollout_eos: opt.RolloutEos = None,
+    smooth_argmax: opt.SmoothArgmax = None,
+    single_rollout_advantage: opt.SingleAdvantage = None,
+    answer_eos: bool | None = typer.Option(None, "--answer-eos/--no-answer-eos", help="Post-training: end answers "
+                                           "with EOS (paper's code: no)."),
     sft_steps_like_refine: bool = typer.Option(False, help="Give SFT as many optimiser steps as REFINE."),
-    save_every: int | None = typer.Option(None, help="Checkpoint every N steps (default: at the end only)."),
-    seed: int = typer.Option(0),
-    device: str = typer.Option("cpu"),
-    work_dir: Path | None = typer.Option(None, help="Checkpoint folder (default results/checkpoints/<run>)."),
-    runs_dir: Path = typer.Option(Path("results/runs"), help="Where the run record goes."),
+    precision: opt.Precision = "auto",
+    activation_checkpointing: opt.Checkpointing = None,
+    parallel: opt.Parallel = "auto",
+    save_every: opt.SaveEvery = None,
+    keep_last: opt.KeepLast = None,
+    save_dtype: opt.SaveDtype = "fp32",
+    seed: opt.Seed = 0,
+    device: opt.Device = "auto",
+    work_dir: opt.WorkDir = None,
+    runs_dir: opt.RunsDir = Path("results/runs"),
     resume: bool = typer.Option(True, help="Continue from the latest checkpoint in the work dir."),
+    force_resume: opt.ForceResume = False,
+    report_to: opt.ReportTo = "tensorboard",
 ) -> None:
     """Train a model with one arm; writes checkpoints and a run record with per-step metrics."""
-    from refine_bench.train.session import run_training
+    from refine_bench.errors import UserInputError
+    from refine_bench.train.session import TrainRequest, run_training
 
-    config = build_config(model, arm, phase, steps=steps, batch_size=batch_size, mini_batch_size=mini_batch_size,
-                          seq_len=seq_len, lr=lr, num_chunks=num_chunks, rollout_len=rollout_len,
-                          num_rollouts=num_rollouts, reward=reward, selection=selection, seed=seed,
-                          save_every=save_every, sft_steps_like_refine=sft_steps_like_refine or None)
-    result = run_training(model, config, data=data, work_dir=work_dir, runs_dir=runs_dir, device=device,
-                          resume=resume, command=sys.argv)
+    if phase not in TRAIN_PHASES:
+        raise UserInputError(f"unknown phase {phase!r} for training; choose from {', '.join(TRAIN_PHASES)} "
+                             "(test-time training runs inside `refine-bench eval --ttt-arm`)")
+    config = opt.build_config(
+        model, arm, phase, steps=steps, batch_size=batch_size, mini_batch_size=mini_batch_size, seq_len=seq_len,
+        lr=lr, warmup_steps=warmup_steps, num_chunks=num_chunks, rollout_len=rollout_len, num_rollouts=num_rollouts,
+        reward=reward, selection=selection, rollout_mode=rollout_mode, rollout_eos=rollout_eos,
+        smooth_argmax=smooth_argmax, single_rollout_advantage=single_rollout_advantage, answer_eos=answer_eos,
+        data_mode=data_mode, seed=seed, save_every=save_every, keep_last=keep_last, precision=precision,
+        activation_checkpointing=activation_checkpointing, parallel=parallel,
+        sft_steps_like_refine=sft_steps_like_refine or None)
+    request = TrainRequest(model=model, data=data, text_field=text_field, work_dir=work_dir, runs_dir=runs_dir,
+                           device=device, resume=resume, force_resume=force_resume, command=sys.argv,
+                           variant=opt.variant_label(config), report_to=report_to, save_dtype=save_dtype)
+    result = run_training(request, config)
+    if not result.is_main:
+        return
+    if result.finished_before:
+        typer.echo(f"already finished: {result.checkpoint} (step {config.steps}); nothing to do")
+        return
     if result.resumed_from:
         typer.echo(f"resumed from {result.resumed_from}")
     typer.echo(f"checkpoint: {result.checkpoint}")
-    if result.record:
-        typer.echo(f"run record: {result.record}")
+    if result.export:
+        typer.echo(f"export: {result.export}")
+    typer.echo(f"run record: {result.record}")

@@ -1,13 +1,14 @@
 """Test-time training (the `ttt` phase): adapt a model on a batch of test prompts, then let it answer them.
 
 SFT adapts with next-token prediction on the prompt tokens; REFINE with NTP plus GRPO on rollouts inside the
-prompt (the trainer's `collect_rollouts` / `sequence_terms`). Prompts have different lengths, so each is
-processed on its own, and every loss term is normalised by the token counts of its whole mini-batch, as the
-trainer does (with equal-length prompts an adaptation pass is exactly `Trainer.train_step`).
+prompt (the trainer's optimisation pass). Prompts have different lengths, so each is processed on its own, and
+every loss term is normalised by the token counts of its whole mini-batch, as the trainer does (with
+equal-length prompts an adaptation pass is exactly `Trainer.train_step`). Weights adapt in float32 (a bf16
+model is upcast on first use) with forwards under the config's precision, as in training.
 
-Reset policies: `per_example` (default) restores the weights and the optimizer state after each batch has been
-answered, so every batch starts from the evaluated checkpoint; `accumulate` keeps them, so adaptation carries
-over along the test stream, as the paper's code does (it never resets).
+Reset policies: `accumulate` (default, the paper's code: it never resets within a task) keeps the adapted
+weights, so adaptation carries over along the test stream; `per_example` restores the weights and the optimizer
+state after each batch has been answered, so every batch starts from the evaluated checkpoint.
 """
 
 from __future__ import annotations
@@ -21,14 +22,17 @@ from typing import Any
 
 import torch
 
+from refine_bench.distributed import DistContext
 from refine_bench.errors import UserInputError
-from refine_bench.train.data import Example
-from refine_bench.train.presets import TrainConfig
-from refine_bench.train.trainer import PassResult, optimize_items
+from refine_bench.train.config import TrainConfig
+from refine_bench.train.optimization import Example, PassResult, optimize_items
+from refine_bench.train.parallel import DataParallel
+from refine_bench.train.precision import resolve_precision, use_master_weights
 
 log = logging.getLogger(__name__)
 
-RESET_POLICIES = ("per_example", "accumulate")
+RESET_POLICIES = ("accumulate", "per_example")
+DEFAULT_RESET = "accumulate"
 
 
 def normalize_reset(policy: str) -> str:
@@ -54,7 +58,7 @@ class TestTimeAdapter:
         self,
         model: torch.nn.Module,
         config: TrainConfig,
-        reset: str = "per_example",
+        reset: str = DEFAULT_RESET,
         steps: int = 1,
         log_fn: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
@@ -70,6 +74,7 @@ class TestTimeAdapter:
         self.passes = 0  # optimiser passes made so far (seeds each pass's rollouts)
         self.batches = 0
         self._optimizer: torch.optim.Optimizer | None = None
+        self._engine: DataParallel | None = None
         self._weights: dict[str, torch.Tensor] | None = None
         self._optimizer_state: dict[str, Any] | None = None
 
@@ -88,9 +93,9 @@ class TestTimeAdapter:
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise UserInputError("test-time training needs trainable parameters; the model has none")
-        if any(p.dtype in (torch.float16, torch.bfloat16) for p in params):
-            log.warning("test-time training updates half-precision weights in place: steps of lr %g may round "
-                        "to nothing; evaluate with --dtype float32 for faithful updates", cfg.lr)
+        use_master_weights(self.model)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self._engine = DataParallel(self.model, None, DistContext())
         self._optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         self._weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self._optimizer_state = copy.deepcopy(self._optimizer.state_dict())
@@ -123,6 +128,7 @@ class TestTimeAdapter:
         """`steps` optimiser passes over one batch of prompts; leaves the model adapted and in eval mode."""
         self._ensure_ready()
         device = next(self.model.parameters()).device
+        precision = resolve_precision(self.config.precision, device)
         items = [Example(torch.as_tensor(list(p), dtype=torch.long, device=device)) for p in prompts]
         start = time.perf_counter()
         refine = self.config.arm == "refine"
@@ -130,8 +136,8 @@ class TestTimeAdapter:
         try:
             with torch.enable_grad():
                 for _ in range(self.steps):
-                    passes.append(optimize_items(self.model, self.optimizer, self.config, items, with_rl=refine,
-                                                 step=self.passes))
+                    passes.append(optimize_items(self._engine, self.optimizer, self.config, items, with_rl=refine,
+                                                 step=self.passes, precision=precision))
                     self.passes += 1
         finally:
             self.model.eval()

@@ -1,0 +1,85 @@
+"""Training data: local files, `datasets` folders (save_to_disk, parquet shards), hub names offline, and the
+paper's document mode (documents >= seq_len tokens, their first seq_len tokens) against packing."""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+import pytest
+
+from refine_bench.errors import UserInputError
+from refine_bench.models.tokenizer import load_tiny_tokenizer
+from refine_bench.train.documents import (
+    make_sequences,
+    parse_hub_source,
+    read_documents,
+    write_documents_parquet,
+)
+
+DOCS = ["short one.", "a " * 200, "tiny", "the quick brown fox " * 40, "lorem ipsum " * 3]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tiny_tokenizer()
+
+
+def lengths(tok, docs):
+    return [len(tok(d, add_special_tokens=False)["input_ids"]) for d in docs]
+
+
+def test_document_mode_keeps_long_documents_and_their_first_tokens(tok):
+    seq_len = 30
+    seqs, stats = make_sequences_from(DOCS, tok, seq_len, "document")
+    long_docs = [d for d, n in zip(DOCS, lengths(tok, DOCS), strict=True) if n >= seq_len]
+    assert len(long_docs) == 2
+    assert (stats.documents_read, stats.documents_kept, stats.documents_dropped, stats.sequences) == (5, 2, 3, 2)
+    for row, doc in zip(seqs.tolist(), long_docs, strict=True):
+        assert row == tok(doc, add_special_tokens=False)["input_ids"][:seq_len]
+
+
+def test_packed_mode_joins_documents_with_eos(tok):
+    seqs, stats = make_sequences_from(DOCS, tok, 16, "packed")
+    flat = sum((tok(d, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for d in DOCS), [])
+    assert seqs.reshape(-1).tolist() == flat[: len(flat) // 16 * 16]
+    assert stats.documents_kept == 5 and stats.sequences == len(flat) // 16
+
+
+def make_sequences_from(docs, tok, seq_len, mode):
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "docs.jsonl"
+        path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+        return make_sequences(path, tok, seq_len, mode)
+
+
+def test_datasets_folders_and_parquet_shards_read_the_same_documents(tmp_path):
+    ds = datasets.Dataset.from_dict({"body": DOCS, "id": list(range(len(DOCS)))})
+    ds.save_to_disk(str(tmp_path / "saved"))
+    datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp_path / "saved_dict"))
+    write_documents_parquet(iter(DOCS), tmp_path / "shards", shard_size=2)
+    assert len(list((tmp_path / "shards").glob("*.parquet"))) == 3
+    assert list(read_documents(tmp_path / "saved", "body")) == DOCS
+    assert list(read_documents(tmp_path / "saved_dict", "body")) == DOCS
+    assert list(read_documents(tmp_path / "shards")) == DOCS
+    with pytest.raises(UserInputError, match="no 'text' column .*--text-field"):
+        list(read_documents(tmp_path / "saved"))
+
+
+def test_hub_names_parse_and_fail_offline_with_one_clear_line(monkeypatch):
+    assert parse_hub_source("hf:DKYoon/SlimPajama-6B") == ("DKYoon/SlimPajama-6B", None, "train")
+    assert parse_hub_source("hf:org/name:cfg@validation") == ("org/name", "cfg", "validation")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)  # read at import: patch the module values
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(UserInputError, match="cannot read the hub dataset 'nobody/nothing'.*pass a local folder"):
+        list(read_documents("hf:nobody/nothing"))
+
+
+def test_too_little_data_is_named(tok):
+    with pytest.raises(UserInputError, match="none of the 5 training documents has 4000 tokens"):
+        make_sequences_from(DOCS, tok, 4000, "document")
