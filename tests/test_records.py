@@ -148,3 +148,15 @@ def test_stage_and_score_validation(tmp_path: Path) -> None:
     assert rows[1]["stderr"] is None
     rec.write_json("lm_eval/results.json", {"a": 1})
     assert json.loads((rec.path / "lm_eval" / "results.json").read_text()) == {"a": 1}
+
+
+def test_score_lines_print_as_stored(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from refine_bench.cli.output import print_score_lines
+
+    rec = _create(tmp_path)
+    rec.write_scores([SCORE, {**SCORE, "task": "niah_single_2", "stderr": None}])
+    final = rec.finish()
+    capsys.readouterr()
+    print_score_lines(final)
+    stored = (final / "scores.jsonl").read_text().splitlines()
+    assert capsys.readouterr().out.splitlines() == [f"  {line}" for line in stored] and len(stored) == 2

@@ -1,12 +1,16 @@
-"""Printing helpers for CLI commands: aligned tables and a final JSON line."""
+"""Printing helpers for CLI commands: aligned tables, a run's score lines and a final JSON line."""
 
 from __future__ import annotations
 
 import json
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import typer
+
+from refine_bench.fileio import read_jsonl
+from refine_bench.records import SCORES_FILE
 
 
 def format_value(value: object) -> str:
@@ -30,3 +34,10 @@ def print_table(rows: Sequence[Mapping[str, object]], columns: Sequence[str]) ->
 def print_json_line(obj: Mapping[str, object]) -> None:
     """One JSON object on one line (machine-readable last line of a benchmark)."""
     typer.echo(json.dumps(obj, sort_keys=True, default=float))
+
+
+def print_score_lines(run_dir: str | Path) -> None:
+    """Each tidy score row of a published run folder, one indented JSON line each, as scores.jsonl holds it."""
+    scores = Path(run_dir) / SCORES_FILE
+    for row in read_jsonl(scores, what="scores file") if scores.is_file() else []:
+        typer.echo(f"  {json.dumps(row)}")
