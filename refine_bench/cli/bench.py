@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import platform
 
-import torch
 import typer
 
 from refine_bench.cli.output import print_json_line, print_table
@@ -25,6 +24,8 @@ def kernels_command(
     threads: int = typer.Option(0, help="torch threads (0 = torch's default)."),
 ) -> None:
     """Delta rule chunked vs recurrent, cached vs uncached decoding (and LaCT's figures once registered)."""
+    import torch
+
     from refine_bench.bench.kernels_bench import run_kernel_bench
 
     if threads:
@@ -43,3 +44,36 @@ def eval_bench_command(
     from refine_bench.bench.eval_bench import run_eval_bench
 
     _report(run_eval_bench(model=model), json_out)
+
+
+@app.command("train")
+def train_bench_command(
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on the last line."),
+    quick: bool = typer.Option(False, "--quick", help="1,024 tokens and one repeat (smoke test; not the targets)."),
+    memory: bool = typer.Option(False, "--memory", help="Also the REFINE step peak of both paper models at 16K "
+                                "tokens, extrapolated from reduced depth and length (slow on a CPU: minutes)."),
+    real: bool = typer.Option(False, "--real", help="CUDA: measure the full paper models' REFINE step at 16K "
+                              "tokens (peak memory, tokens/s) instead of extrapolating."),
+    threads: int = typer.Option(0, help="torch threads (0 = torch's default)."),
+) -> None:
+    """REFINE vs SFT step time, branch vs recompute rollouts, rollout share, MFU; optionally memory."""
+    import torch
+
+    from refine_bench.bench.train_bench import real_step_figures, run_memory_bench, run_train_bench
+
+    if threads:
+        torch.set_num_threads(threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    name = torch.cuda.get_device_name() if device == "cuda" else (platform.processor() or platform.machine())
+    typer.echo(f"# {name}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    results = {} if real else run_train_bench(quick=quick)
+    if memory:
+        results.update(run_memory_bench(device))
+    if real:
+        if device != "cuda":
+            from refine_bench.errors import UserInputError
+
+            raise UserInputError("--real measures the full models on a GPU; this machine has none")
+        for model in ("deltanet-1.3b", "lact-760m"):
+            results.update(real_step_figures(model))
+    _report(results, json_out)
