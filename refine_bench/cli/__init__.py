@@ -9,6 +9,7 @@ import typer
 from refine_bench.cli import bench, data, models, report, run, train
 from refine_bench.cli import eval as eval_cli
 from refine_bench.errors import RefineBenchError, UserInputError
+from refine_bench.interrupts import Interrupted
 
 app = typer.Typer(
     name="refine-bench",
@@ -41,6 +42,9 @@ def main(argv: list[str] | None = None) -> None:
         code = getattr(exc, "exit_code", 1)
         typer.echo(f"error: {exc}" if code == 1 else str(exc), err=True)
         sys.exit(code)
+    except (KeyboardInterrupt, Interrupted) as exc:  # stopped outside training (e.g. an evaluation)
+        typer.echo(f"interrupted: {exc}" if str(exc) else "interrupted", err=True)
+        sys.exit(getattr(exc, "exit_code", 130))
 
 
 if __name__ == "__main__":

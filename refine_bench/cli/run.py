@@ -9,6 +9,7 @@ import typer
 
 from refine_bench.cli import training_options as opt
 from refine_bench.cli.eval import _ints
+from refine_bench.cli.output import print_score_lines
 from refine_bench.errors import UserInputError
 from refine_bench.protocol import BASE_ARM, RUN_ARMS
 
@@ -69,5 +70,4 @@ def run_command(
                     stages={"mid": None if arm == BASE_ARM else arm}, command=sys.argv, variant=variant)
     if path is not None and is_main:
         typer.echo(f"evaluated: {path}")
-        for line in (Path(path) / "scores.jsonl").read_text().splitlines():
-            typer.echo(f"  {line}")
+        print_score_lines(path)

@@ -22,6 +22,7 @@ import torch
 from refine_bench.distributed import DistContext
 from refine_bench.errors import UserInputError
 from refine_bench.fileio import atomic_write_json
+from refine_bench.provenance import process_alive
 
 CHECKPOINT_PREFIX = "step-"
 TRAINER_STATE = "trainer_state.json"
@@ -132,18 +133,9 @@ def prune_checkpoints(output_dir: Path, keep_last: int) -> list[Path]:
 
 
 def _owned_by_live_process(tmp: Path) -> bool:
+    """Whether the save that left `tmp` (.tmp-step-N-<pid>-<hex>) may still be running."""
     parts = tmp.name.split("-")
-    try:
-        pid = int(parts[-2])
-    except (IndexError, ValueError):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return len(parts) >= 2 and parts[-2].isdigit() and process_alive(int(parts[-2]))
 
 
 def load_checkpoint(checkpoint: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None) -> dict:

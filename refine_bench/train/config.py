@@ -116,7 +116,7 @@ class TrainConfig:
     seq_len: int = 16384
     lr: float = 1e-6
     lr_schedule: str = "constant"  # constant | cosine (with warm-up; pretraining)
-    warmup_steps: int = 0
+    warmup_steps: int | None = None  # None: 5% of the steps for the cosine schedule
     min_lr_ratio: float = 0.1  # cosine floor, as a fraction of lr
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.01
@@ -149,7 +149,7 @@ class TrainConfig:
         _choice("precision", self.precision, PRECISIONS)
         _choice("data mode", self.data_mode, DATA_MODES)
         _choice("parallel mode", self.parallel, PARALLEL_MODES)
-        if self.warmup_steps < 0 or self.warmup_steps > self.steps:
+        if self.warmup_steps is not None and not 0 <= self.warmup_steps <= self.steps:
             raise UserInputError(f"warmup_steps must be in [0, steps={self.steps}], got {self.warmup_steps}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise UserInputError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
@@ -166,6 +166,13 @@ class TrainConfig:
                 f"seq_len {self.seq_len} is too short for REFINE's {self.refine.num_chunks} chunks with a margin "
                 f"of {self.refine.margin} (needs >= {self.refine.min_sequence_length()})"
             )
+
+    @property
+    def warmup(self) -> int:
+        """Warm-up steps of the cosine schedule (given, or 5% of the run)."""
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        return math.ceil(0.05 * self.steps) if self.lr_schedule == "cosine" else 0
 
     @property
     def uses_rollouts(self) -> bool:

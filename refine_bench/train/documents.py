@@ -6,7 +6,9 @@ Sources (`--data`):
 - a folder written by `datasets.save_to_disk`;
 - `hf:NAME[:CONFIG][@SPLIT]`, a hub dataset read through `datasets` in streaming mode (needs the network, or
   `datasets`' cache with HF_DATASETS_OFFLINE=1);
-- `builtin`, a small corpus of standard-library docstrings for smoke runs.
+- `builtin`, a small corpus of standard-library docstrings for smoke runs;
+- `corpus[:SEED]`, the project's generated corpus (natural text + synthetic recall documents,
+  `pretrain_corpus.py`), each document sized to the training length; SEED picks another stream (default 0).
 
 Sequence modes: `document` (the paper's): one document per sequence, documents with at least seq_len tokens
 only, their first seq_len tokens; `packed`: documents joined with EOS and cut into seq_len pieces.
@@ -26,6 +28,8 @@ from refine_bench.fileio import read_jsonl
 
 BUILTIN = "builtin"
 HF_PREFIX = "hf:"
+CORPUS = "corpus"
+CORPUS_DOCUMENTS = 100_000  # documents drawn from the generated corpus when no limit is given
 # Standard-library modules whose docstrings form the built-in corpus (English prose with code and numbers,
 # present on every machine). Good enough to exercise training; not a research corpus.
 _BUILTIN_MODULES = ("argparse", "collections", "json", "pathlib", "functools", "itertools", "typing", "logging",
@@ -198,10 +202,26 @@ def packed_sequences(docs: Iterable[str], tokenizer, seq_len: int, limit: int | 
     return torch.tensor(ids[: n * seq_len], dtype=torch.long).view(n, seq_len), stats
 
 
+def corpus_seed(source: str) -> int | None:
+    """The seed of a `corpus[:SEED]` source, or None for any other source."""
+    name, _, seed = str(source).partition(":")
+    if name != CORPUS:
+        return None
+    if seed and not seed.isdigit():
+        raise UserInputError(f"--data {source!r}: expected corpus or corpus:SEED (a non-negative integer)")
+    return int(seed or 0)
+
+
 def make_sequences(source: str | Path, tokenizer, seq_len: int, mode: str, text_field: str = "text",
                    limit: int | None = None) -> tuple[torch.Tensor, DataStats]:
     """Sequences [N, seq_len] from `source` in `mode` (document | packed)."""
-    docs = read_documents(source, text_field)
+    seed = corpus_seed(str(source))
+    if seed is not None:
+        from refine_bench.train.pretrain_corpus import pretrain_documents
+
+        docs = pretrain_documents(seed, limit or CORPUS_DOCUMENTS, seq_len, tokenizer)
+    else:
+        docs = read_documents(source, text_field)
     if mode == "document":
         return document_sequences(docs, tokenizer, seq_len, limit)
     return packed_sequences(docs, tokenizer, seq_len, limit)

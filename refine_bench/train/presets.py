@@ -53,7 +53,7 @@ PHASE_PRESETS: dict[str, PhasePreset] = {
                        dict(_PAPER, steps=1, seq_len=16384)),
     PRETRAIN: PhasePreset(RefineConfig(), 32, 32,
                           dict(lr=2e-3, betas=(0.9, 0.95), weight_decay=0.1, grad_clip=1.0, lr_schedule="cosine",
-                               warmup_steps=100, min_lr_ratio=0.1, steps=2000, seq_len=1024, data_mode="packed")),
+                               min_lr_ratio=0.1, steps=2000, seq_len=1024, data_mode="packed")),
 }
 
 

@@ -12,9 +12,10 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     """The learning rate of training step `step` (0-based) of `config.steps`."""
     if config.lr_schedule == "constant":
         return config.lr
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    decay_steps = max(config.steps - config.warmup_steps, 1)
-    progress = min((step - config.warmup_steps) / decay_steps, 1.0)
+    warmup = config.warmup
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    decay_steps = max(config.steps - warmup, 1)
+    progress = min((step - warmup) / decay_steps, 1.0)
     floor = config.lr * config.min_lr_ratio
     return floor + (config.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))

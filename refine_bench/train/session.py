@@ -24,10 +24,11 @@ from refine_bench.errors import RefineBenchError, UserInputError
 from refine_bench.fileio import exclusive_lock
 from refine_bench.interrupts import Interrupted, sigterm_raises
 from refine_bench.models.zoo import load_model, load_tokenizer
+from refine_bench.protocol import PRETRAIN, STAGES
 from refine_bench.records import RunRecord
 from refine_bench.train.checkpoints import latest_checkpoint, read_trainer_state
 from refine_bench.train.config import TrainConfig, fingerprint
-from refine_bench.train.documents import make_sequences, read_qa_pairs
+from refine_bench.train.documents import corpus_seed, make_sequences, read_qa_pairs
 from refine_bench.train.precision import use_master_weights
 from refine_bench.train.progress import MetricWriter, ProgressBar, step_logger
 from refine_bench.train.streams import PairStream, SequenceStream, encode_pairs
@@ -117,7 +118,10 @@ def _check_resumable(previous: Path, identity: dict[str, Any], force: bool) -> l
 
 
 def _load(request: TrainRequest, config: TrainConfig, device: str) -> tuple[torch.nn.Module, Any]:
-    model = use_master_weights(load_model(request.model, dtype=torch.float32, device=device, seed=config.seed))
+    """The model in float32 (pretraining: the zoo config from a seeded random init) and its tokenizer."""
+    model = load_model(request.model, dtype=torch.float32, device=device, seed=config.seed,
+                       random_init=config.phase == PRETRAIN)
+    use_master_weights(model)
     checkpointing = config.activation_checkpointing
     if checkpointing is None:
         checkpointing = sum(p.numel() for p in model.parameters()) >= CHECKPOINTING_MIN_PARAMS
@@ -136,7 +140,8 @@ def _stream(request: TrainRequest, config: TrainConfig, tokenizer, device: str):
         pairs = encode_pairs(read_qa_pairs(request.data), tokenizer, config.seq_len, config.answer_eos)
         stream = PairStream([(p.to(device), a.to(device)) for p, a in pairs], config.batch_size, seed=config.seed)
         return stream, {"mode": "pairs", "examples": len(pairs)}
-    limit = config.steps * config.batch_size if request.data.startswith("hf:") else None
+    streamed = request.data.startswith("hf:") or corpus_seed(request.data) is not None
+    limit = config.steps * config.batch_size if streamed else None  # one pass; nothing is repeated
     sequences, stats = make_sequences(request.data, tokenizer, config.seq_len, config.data_mode,
                                       request.text_field, limit)
     if len(sequences) < config.batch_size:
@@ -170,7 +175,8 @@ def run_training(request: TrainRequest, config: TrainConfig) -> TrainResult:
     if request.save_dtype not in ("fp32", "bf16", "fp16"):
         raise UserInputError(f"unknown --save-dtype {request.save_dtype!r}; choose from fp32, bf16, fp16")
     work_dir.mkdir(parents=True, exist_ok=True)
-    lock = exclusive_lock(work_dir / ".lock") if dist.is_main else contextlib.nullcontext()
+    lock = exclusive_lock(work_dir / ".lock", label=f"work folder {work_dir}",
+                          hint="wait for it, or pass another --work-dir") if dist.is_main else contextlib.nullcontext()
     with lock:
         return _run_locked(request, config, dist, identity, work_dir)
 
@@ -187,7 +193,7 @@ def _run_locked(request: TrainRequest, config: TrainConfig, dist: DistContext, i
     torch.manual_seed(config.seed)
     model, tokenizer = _load(request, config, dist.device)
     stream, data_stats = _stream(request, config, tokenizer, dist.device)
-    stages = {config.phase: config.arm} if config.phase in ("mid", "post", "ttt") else {}
+    stages = {config.phase: config.arm} if config.phase in STAGES else {}
     record = None
     if dist.is_main:
         record = RunRecord.create(
