@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # only asks for a range, so GPU users keep their CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: setup system-deps test test-all demo lint bench paper-tables clean
+.PHONY: setup system-deps test test-all demo lint bench paper-tables small-models mini-paper mini-paper-quick clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,10 +17,12 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed
 
-# Headless Chromium for the dashboard test (Debian package; the test skips with a reason where it is absent).
+# Debian packages: headless Chromium for the dashboard test (skipped with a reason where absent), and the Python
+# documentation (python3-doc, PSF licence), the natural text of the small models' pretraining corpus.
 system-deps:
-	@command -v chromium >/dev/null 2>&1 || { (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
-		|| echo "note: could not install chromium; the dashboard browser test will be skipped"; }
+	@{ command -v chromium >/dev/null 2>&1 && ls /usr/share/info/python3*.info.gz >/dev/null 2>&1; } || \
+		{ (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium python3-doc >/dev/null) \
+		|| echo "note: could not install chromium/python3-doc; the browser test and corpus tests will be skipped"; }
 
 test: setup system-deps
 	$(BIN)/python -m pytest -q

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from refine_bench.cli import bench, data, models, report, run, train
+from refine_bench.cli import bench, data, mini_paper, models, report, run, train
 from refine_bench.cli import eval as eval_cli
 from refine_bench.errors import RefineBenchError, UserInputError
 from refine_bench.interrupts import Interrupted
@@ -24,6 +24,8 @@ app.command("train", help="Train a model with one arm (sft or refine) in a phase
     train.train_command)
 app.command("eval", help="Evaluate a model on NIAH, RULER QA, LongBench (or lm-eval tasks) through lm-eval.")(
     eval_cli.eval_command)
+app.command("mini-paper", help="The paper's mid-training comparison in miniature on the small models.")(
+    mini_paper.mini_paper_command)
 app.command("tasks", help="List the evaluation tasks and groups.")(eval_cli.tasks_command)
 app.add_typer(bench.app, name="bench", help="Benchmarks printing a table and one JSON object on the last line.")
 app.add_typer(data.app, name="data", help="Prepare training data (e.g. the paper's >= 16K-token documents).")

@@ -36,6 +36,9 @@ def run_command(
     lengths: str | None = typer.Option(None, help="Evaluation lengths, e.g. 4096,8192,16384."),
     limit: int | None = typer.Option(None, help="Evaluation samples per task and length."),
     eval_batch_size: int = typer.Option(1, help="Requests per generate call at evaluation."),
+    compare_base: bool = typer.Option(False, help="Also evaluate the untrained model and end with a task x "
+                                      "length table of both (and the run's NIAH heatmap)."),
+    plots_dir: Path = typer.Option(Path("results/plots"), help="Where --compare-base writes the heatmap."),
     seed: opt.Seed = 0,
     device: opt.Device = "auto",
     work_dir: opt.WorkDir = None,
@@ -65,9 +68,28 @@ def run_command(
         if is_main:
             typer.echo(f"already trained: {result.checkpoint}" if result.finished_before
                        else f"trained {model} with {arm}: {result.record}")
-    path = run_eval(model, [tasks], checkpoint=str(checkpoint) if checkpoint else None, lengths=_ints(lengths),
-                    limit=limit, output=runs_dir, batch_size=eval_batch_size, device=device, seed=seed,
-                    stages={"mid": None if arm == BASE_ARM else arm}, command=sys.argv, variant=variant)
-    if path is not None and is_main:
-        typer.echo(f"evaluated: {path}")
-        print_score_lines(path)
+    common = dict(lengths=_ints(lengths), limit=limit, output=runs_dir, batch_size=eval_batch_size, device=device,
+                  seed=seed, command=sys.argv)
+    path = run_eval(model, [tasks], checkpoint=str(checkpoint) if checkpoint else None,
+                    stages={"mid": None if arm == BASE_ARM else arm}, variant=variant, **common)
+    if path is None or not is_main:
+        return
+    typer.echo(f"evaluated: {path}")
+    print_score_lines(path)
+    if compare_base and arm != BASE_ARM:
+        base = run_eval(model, [tasks], stages={"mid": None}, **common)
+        _print_comparison(base, path, plots_dir)
+
+
+def _print_comparison(base: Path, run: Path, plots_dir: Path) -> None:
+    """The task x length table of the base model beside this run, and where the run's heatmap went."""
+    from refine_bench.cli.output import print_table
+    from refine_bench.report.comparison import compare_scores, run_heatmap
+
+    rows = compare_scores(base, run)
+    print_table([{"task": r["task"], "length": r["length"], "base %": f"{r['base']:.1f}",
+                  "this run %": f"{r['run']:.1f}", "diff": f"{r['diff']:+.1f}"} for r in rows],
+                ["task", "length", "base %", "this run %", "diff"])
+    for plot in run_heatmap(run, plots_dir):
+        if plot.suffix == ".png":
+            typer.echo(f"NIAH heatmap: {plot}")
