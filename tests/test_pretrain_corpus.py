@@ -161,3 +161,10 @@ def test_a_family_that_cannot_fit_a_short_window_falls_back_to_a_passcode(fake_d
     kinds = {pc.make_document(3, i, 128, tok, synthetic_fraction=1.0, family_weights={"multiquery": 1.0}).kind
              for i in range(40)}
     assert kinds == {"multiquery", "passcode"}
+
+
+def test_natural_text_source_names_the_package(fake_docs):
+    source = pc.natural_text_source()
+    assert source["package"] == "python3.99-doc" and source["path"] == fake_docs
+    assert source["version"] == "unknown"  # no such package is installed
+    assert source["licence"].startswith("PSF-2.0")

@@ -25,10 +25,12 @@ import gzip
 import hashlib
 import random
 import re
+import subprocess
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from refine_bench.errors import UserInputError
@@ -102,6 +104,19 @@ def python_doc_info_path() -> str:
         raise UserInputError(f"the pretraining corpus needs the Python documentation ({PYTHON_DOC_INFO_GLOB}, "
                              f"Debian package {PYTHON_DOC_PACKAGE}); {INSTALL_HINT}")
     return found[-1]
+
+
+def natural_text_source() -> dict[str, str]:
+    """Where the natural text comes from, for run records: package, installed version, licence, file."""
+    path = python_doc_info_path()
+    package = f"{Path(path).name.split('.info')[0]}-doc"  # python3.11.info.gz -> python3.11-doc
+    try:
+        version = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True,
+                                 timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        version = "unknown"
+    return {"package": package, "version": version, "licence": "PSF-2.0 (Python Software Foundation License)",
+            "path": path}
 
 
 def natural_documents(path: str | None = None) -> tuple[str, ...]:
