@@ -90,6 +90,10 @@ LONGBENCH = (
 )
 LONGBENCH_BY_NAME = {t.name: t for t in LONGBENCH}
 
+# The paper's short-context sanity suite (Table E.1): lm-eval's built-in tasks, group `sanity` in tasks/.
+SANITY_TASKS = ("wikitext", "lambada_openai", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge",
+                "swde", "fda")
+
 TASKS_BY_GROUP: dict[str, tuple[str, ...]] = {
     "niah": NIAH_TASKS,
     "ruler_qa": RULER_QA_TASKS,

@@ -1,5 +1,6 @@
-"""Evaluation: lm-eval tasks' data and scorers, the `refine-bench` lm-eval model, and the harness runner.
+"""Evaluation through lm-eval: the tasks' data and scorers, the `refine-bench` lm-eval model, and the runner.
 
-Importing this package is cheap; the lm-eval model lives in `refine_bench.eval.lm` (import it, or call
-`register()`, to make `refine-bench` known to lm-eval).
+Importing this package is cheap. Importing `refine_bench.eval.lm` registers the `refine-bench` model with lm-eval
+(`python -m refine_bench.lm_eval` does it for lm-eval's own CLI); `refine_bench.eval.runner.run_eval` is what
+`refine-bench eval` calls.
 """

@@ -10,13 +10,14 @@ rank/world-size split of requests; this subclass adds what our models need:
 * middle truncation of over-long generation prompts (LongBench's convention: keep the first and last halves of
   the budget max_length - max_gen_toks) instead of HFLM's left truncation; each truncation is logged;
 * multi-process evaluation under `torchrun` / `accelerate launch` without accelerate's model wrapping: the
-  process group is initialised from the environment (gloo on CPU, NCCL on CUDA), requests are split by lm-eval
-  per rank, and results are gathered with torch.distributed.
-
+  process group comes from `refine_bench.distributed` (gloo on CPU, NCCL on CUDA), requests are split by
+  lm-eval per rank, and results are gathered with torch.distributed;
 * greedy decoding with the model's cache: `model.generate` for prompts up to `prefill_chunk` tokens (default
   2048); longer prompts are prefilled in chunks of that size through the recurrent cache and then decoded token
-  by token (`refine_bench.eval.decode`, same tokens as generate), so activation memory does not grow with the
-  prompt. `prefill_chunk=0` always uses `model.generate`.
+  by token (`refine_bench.eval.chunked_generation`, same tokens as generate), so activation memory does not grow
+  with the prompt. `prefill_chunk=0` always uses `model.generate`;
+* resuming: with an `AnswerCache` (`use_answer_cache`), requests answered by an earlier, killed run are answered
+  from it and every new answer is stored as it comes in.
 
 Model args (lm-eval `--model_args`): pretrained, checkpoint, tokenizer, max_length, batch_size, max_batch_size,
 device, dtype, seed, prefill_chunk (`ttt` is refused with a pointer to `refine-bench eval --ttt-arm`, which builds
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -35,13 +37,16 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from lm_eval.models.utils_hf import stop_sequences_criteria
 
+from refine_bench.distributed import init_distributed
 from refine_bench.errors import UserInputError
-from refine_bench.eval.decode import greedy_generate
-from refine_bench.eval.truncation import truncate_middle
+from refine_bench.eval.answer_cache import AnswerCache, AnswerHook
+from refine_bench.eval.chunked_generation import greedy_generate
+from refine_bench.protocol import PAPER_LENGTHS
+from refine_bench.truncation import truncate_middle
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_LENGTH = 16384
+DEFAULT_MAX_LENGTH = max(PAPER_LENGTHS)
 DEFAULT_PREFILL_CHUNK = 2048
 MODEL_NAME = "refine-bench"
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -57,28 +62,6 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     if dtype not in _DTYPES:
         raise UserInputError(f"unknown dtype {dtype!r}; choose from {', '.join(_DTYPES)}")
     return _DTYPES[dtype]
-
-
-def init_distributed(device: str | None) -> tuple[int, int, str]:
-    """(rank, world size, device) for this process; joins the process group torchrun describes if needed."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if device is not None and str(device).startswith("cuda") and not torch.cuda.is_available():
-        log.warning("device %s requested but CUDA is not available; using the CPU", device)
-        device = "cpu"
-    use_cuda = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    if dist.is_available() and dist.is_initialized():
-        rank, world = dist.get_rank(), dist.get_world_size()
-    else:
-        rank, world = 0, 1
-    if device is None:
-        device = "cuda" if use_cuda else "cpu"
-    if use_cuda and world > 1:
-        local = int(os.environ.get("LOCAL_RANK", rank % max(torch.cuda.device_count(), 1)))
-        torch.cuda.set_device(local)
-        device = f"cuda:{local}"
-    return rank, world, device
 
 
 @register_model(MODEL_NAME)
@@ -102,14 +85,15 @@ class RefineBenchLM(HFLM):
         **kwargs: Any,
     ) -> None:
         if ttt:
-            from refine_bench.eval.ttt import ttt_unavailable
+            from refine_bench.eval.test_time_training_lm import ttt_unavailable
 
             raise ttt_unavailable(ttt)
         if kwargs:
             log.warning("refine-bench ignores model args %s", ", ".join(sorted(kwargs)))
         if isinstance(batch_size, str) and batch_size.startswith("auto"):
             raise UserInputError("refine-bench needs an integer batch size (auto sizing is not supported)")
-        rank, world, device = init_distributed(device)
+        dist_ctx = init_distributed(device)
+        device = dist_ctx.device
         from refine_bench.models.zoo import load_model, load_tokenizer
 
         if model is None:
@@ -121,6 +105,8 @@ class RefineBenchLM(HFLM):
         self.model_name = str(checkpoint or pretrained)
         self.prefill_chunk = int(prefill_chunk)
         self.truncated_prompts = 0
+        self.answer_cache: AnswerCache | None = None
+        self.answer_scope = ""  # part of every cache key; the test-time-training wrapper sets it per batch
         super().__init__(
             pretrained=model,
             tokenizer=tok,
@@ -132,21 +118,54 @@ class RefineBenchLM(HFLM):
             truncation=False,
             logits_cache=True,
         )
-        self._rank, self._world_size = rank, world
+        self.dist = dist_ctx
+        self._rank, self._world_size = dist_ctx.rank, dist_ctx.world_size
         self._device = torch.device(device)
+
+    # ------------------------------------------------------------------ answers kept across runs (resume)
+
+    def use_answer_cache(self, cache: AnswerCache) -> None:
+        """Answer requests from `cache` when it has them and store every new answer in it as it comes in."""
+        self.answer_cache = cache
+        self.set_cache_hook(AnswerHook(cache, self))
+
+    def _answer(self, request_type: str, requests: list[Any], compute: Callable[[list[Any]], list[Any]]) -> list[Any]:
+        """Answers to `requests`: cached ones from the cache, the others from `compute` (stored by the hook)."""
+        cache = self.answer_cache
+        if cache is None:
+            return compute(requests)
+        keys = [cache.key(self.answer_scope, request_type, r.args) for r in requests]
+        todo = [i for i, k in enumerate(keys) if k not in cache]
+        answers: list[Any] = [cache.get(k, request_type) if k in cache else None for k in keys]
+        fresh = compute([requests[i] for i in todo]) if todo else []
+        for i, answer in zip(todo, fresh, strict=True):
+            answers[i] = answer
+            cache.put(keys[i], answer)  # normally stored already by the hook; this covers any path without it
+        return answers
+
+    def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
+        return self._answer("generate_until", requests, lambda todo: super(RefineBenchLM, self).generate_until(
+            todo, disable_tqdm=disable_tqdm))
+
+    def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        return self._answer("loglikelihood", requests, lambda todo: super(RefineBenchLM, self).loglikelihood(
+            todo, disable_tqdm=disable_tqdm))
+
+    def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list[float]:
+        return self._answer("loglikelihood_rolling", requests, lambda todo: super(
+            RefineBenchLM, self).loglikelihood_rolling(todo, disable_tqdm=disable_tqdm))
 
     # ------------------------------------------------------------------ distributed primitives (no accelerate)
 
     def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.world_size <= 1:
+        if not self.dist.enabled:
             return tensor
         parts = [torch.zeros_like(tensor) for _ in range(self.world_size)]
         dist.all_gather(parts, tensor.contiguous())
         return torch.stack(parts) if tensor.dim() == 0 else torch.cat(parts)
 
     def barrier(self) -> None:
-        if self.world_size > 1:
-            dist.barrier()
+        self.dist.barrier()
 
     # ------------------------------------------------------------------ tokenisation: no BOS, middle truncation
 
