@@ -5,6 +5,23 @@
   `rouge` package that LongBench's eval.py calls), classification score (TREC) and code similarity (LCC,
   RepoBench-P), each maximised over the references, with LongBench's first-line post-processing.
 
+Two definitions where they differ (`SCORINGS`; `refine-bench eval --scoring`):
+
+=====================  ===========================================  ============================================
+                       ``paper`` (the paper's code, the default)    ``longbench`` (each benchmark's own scorer)
+=====================  ===========================================  ============================================
+RULER QA               any reference in ``split("\n")[0]`` of the   any reference anywhere in the output (RULER's
+                       output, cleaned as RULER does                ``string_match_part``)
+LongBench QA-F1 tasks  ``split("\n")[0]`` (not stripped first, so   the whole output
+(narrativeqa, qasper,  an answer after a leading newline scores
+multifieldqa_en, hot-  on an empty line)
+potqa, 2wikimqa,
+musique)
+code similarity        no line without backtick / ``#`` / ``//``:   no such line: the empty string (score 0)
+                       the whole output is scored
+=====================  ===========================================  ============================================
+
+Both take the first line after leading newlines for trec, triviaqa and samsum, as upstream LongBench does.
 Every scorer takes one prediction string and returns a float in [0, 1].
 """
 
@@ -17,13 +34,30 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 from refine_bench.errors import UserInputError
+from refine_bench.protocol import LONGBENCH_BY_NAME
+
+PAPER = "paper"
+LONGBENCH = "longbench"
+SCORINGS = (PAPER, LONGBENCH)
 
 # ---------------------------------------------------------------------------------------------- shared helpers
+
+
+def check_scoring(scoring: str) -> str:
+    """A valid scoring definition, or a UserInputError naming the valid ones."""
+    if scoring not in SCORINGS:
+        raise UserInputError(f"unknown scoring {scoring!r}; choose from {', '.join(SCORINGS)}")
+    return scoring
 
 
 def first_line(text: str) -> str:
     """LongBench's first-line rule: drop leading newlines, keep the text up to the next newline."""
     return text.lstrip("\n").split("\n")[0]
+
+
+def raw_first_line(text: str) -> str:
+    """The paper's code's first line: the text up to the first newline, leading newlines included."""
+    return text.split("\n")[0]
 
 
 def _check_references(references: Sequence[str]) -> None:
@@ -49,15 +83,16 @@ def ruler_recall(prediction: str, references: Sequence[str]) -> float:
     return sum(ref.lower() in pred for ref in references) / len(references)
 
 
-def ruler_qa_score(prediction: str, references: Sequence[str]) -> float:
-    """RULER QA (paper): 1 if any reference, lower-cased, is a substring of the first line of the output.
+def ruler_qa_score(prediction: str, references: Sequence[str], scoring: str = PAPER) -> float:
+    """RULER QA: 1 if any reference, lower-cased, is a substring of the cleaned output, else 0.
 
-    "First line" is taken after stripping leading whitespace (a model that answers "\\n Paris" is read as
-    "Paris"), as LongBench's first-line rule does for leading newlines.
+    `paper` looks only at ``prediction.split("\\n")[0]`` (so "\\nParis" scores 0); `longbench` (RULER's own
+    `string_match_part`) at the whole output.
     """
     _check_references(references)
-    line = prediction.lstrip().split("\n")[0].lower()
-    return float(any(ref.lower() in line for ref in references))
+    text = raw_first_line(prediction) if check_scoring(scoring) == PAPER else prediction
+    cleaned = ruler_clean(text).lower()
+    return float(any(ref.lower() in cleaned for ref in references))
 
 
 # ---------------------------------------------------------------------------------------------- LongBench: QA-F1
@@ -179,13 +214,14 @@ def classification_score(prediction: str, reference: str, all_classes: Sequence[
 # ---------------------------------------------------------------------------------------------- LongBench: code
 
 
-def code_line(prediction: str) -> str:
+def code_line(prediction: str, scoring: str = LONGBENCH) -> str:
     """The line LongBench scores for code completion: after leading newlines are stripped, the first line that
-    holds no backtick, "#" or "//" (empty when there is none)."""
+    holds no backtick, "#" or "//". When there is none: the empty string (`longbench`) or the whole prediction
+    unchanged (`paper`: its code keeps the prediction it started from)."""
     for line in prediction.lstrip("\n").split("\n"):
         if "`" not in line and "#" not in line and "//" not in line:
             return line
-    return ""
+    return prediction if check_scoring(scoring) == PAPER else ""
 
 
 def fuzz_ratio(a: str, b: str) -> int:
@@ -198,9 +234,9 @@ def fuzz_ratio(a: str, b: str) -> int:
     return int(round(100 * difflib.SequenceMatcher(None, a, b).ratio()))
 
 
-def code_similarity(prediction: str, reference: str) -> float:
+def code_similarity(prediction: str, reference: str, scoring: str = LONGBENCH) -> float:
     """LongBench code similarity: fuzzy ratio of the selected code line and the reference, over 100."""
-    return fuzz_ratio(code_line(prediction), reference) / 100
+    return fuzz_ratio(code_line(prediction, scoring), reference) / 100
 
 
 # ---------------------------------------------------------------------------------------------- LongBench: synthetic
@@ -224,56 +260,55 @@ def retrieval_score(prediction: str, reference: str) -> float:
 
 # ---------------------------------------------------------------------------------------------- per-task table
 
-QA_TASKS = ("narrativeqa", "qasper", "multifieldqa_en", "hotpotqa", "2wikimqa", "triviaqa", "musique")
-SUMMARY_TASKS = ("qmsum", "multi_news", "samsum", "gov_report")
-SYNTHETIC_TASKS = ("passage_count", "passage_retrieval_en")
-CODE_TASKS = ("lcc", "repobench-p")
-CLASSIFICATION_TASKS = ("trec",)
-LONGBENCH_TASKS = (
-    "narrativeqa", "qasper", "multifieldqa_en", "hotpotqa", "2wikimqa", "qmsum",
-    "multi_news", "samsum", "trec", "triviaqa", "lcc", "repobench-p",
-)
-# The paper's 12 tasks (others above can be scored from a file of the same schema: `longbench_file`).
-# Generation lengths from the paper (DESIGN section 4), equal to LongBench's dataset2maxlen.
-LONGBENCH_GEN_TOKENS = {
-    "narrativeqa": 128, "qasper": 128, "multifieldqa_en": 64, "hotpotqa": 32, "2wikimqa": 32, "qmsum": 512,
-    "multi_news": 512, "samsum": 128, "trec": 64, "triviaqa": 32, "lcc": 64, "repobench-p": 64,
+# LongBench datasets beyond the paper's twelve (protocol.LONGBENCH) that a same-schema file may hold
+# (`--longbench-file`), with their upstream metrics.
+OTHER_LONGBENCH_METRICS = {"musique": "qa_f1", "gov_report": "rouge_l", "passage_count": "count",
+                           "passage_retrieval_en": "retrieval"}
+METRICS: dict[str, Callable[..., float]] = {
+    "qa_f1": qa_f1, "rouge_l": rouge_l_f, "classification": classification_score, "code_similarity": code_similarity,
+    "count": count_score, "retrieval": retrieval_score,
 }
-# First-line post-processing. Upstream LongBench applies it to trec, triviaqa and samsum; the paper's protocol
-# (DESIGN section 4) also applies it to the QA-F1 tasks, whose answers are one line.
-FIRST_LINE_TASKS = frozenset({"trec", "triviaqa", "samsum", *QA_TASKS})
+# Upstream LongBench's first-line post-processing (after leading newlines), the same under both scorings.
+FIRST_LINE_TASKS = frozenset({"trec", "triviaqa", "samsum"})
+
+
+def longbench_metric_name(task: str) -> str:
+    """The metric of a LongBench dataset (unknown datasets raise a UserInputError listing the supported ones)."""
+    if task in LONGBENCH_BY_NAME:
+        return LONGBENCH_BY_NAME[task].metric
+    if task in OTHER_LONGBENCH_METRICS:
+        return OTHER_LONGBENCH_METRICS[task]
+    known = ", ".join(f"{name} ({metric})" for name, metric in sorted(supported_longbench_tasks().items()))
+    raise UserInputError(f"no LongBench metric for task {task!r}; supported tasks (metric): {known}")
+
+
+def supported_longbench_tasks() -> dict[str, str]:
+    """Every LongBench dataset the scorers know, with its metric."""
+    return {**{name: t.metric for name, t in LONGBENCH_BY_NAME.items()}, **OTHER_LONGBENCH_METRICS}
 
 
 def longbench_metric(task: str) -> Callable[..., float]:
     """The per-reference metric of a LongBench task (unknown tasks raise UserInputError)."""
-    if task in QA_TASKS:
-        return qa_f1
-    if task in SUMMARY_TASKS:
-        return rouge_l_f
-    if task in CODE_TASKS:
-        return code_similarity
-    if task in CLASSIFICATION_TASKS:
-        return classification_score
-    if task == "passage_count":
-        return count_score
-    if task == "passage_retrieval_en":
-        return retrieval_score
-    known = sorted({*QA_TASKS, *SUMMARY_TASKS, *CODE_TASKS, *CLASSIFICATION_TASKS, *SYNTHETIC_TASKS})
-    raise UserInputError(f"no LongBench metric for task {task!r}; known: {', '.join(known)}")
+    return METRICS[longbench_metric_name(task)]
 
 
-def longbench_postprocess(task: str, prediction: str) -> str:
-    """The prediction text LongBench scores for `task`."""
-    return first_line(prediction) if task in FIRST_LINE_TASKS else prediction
+def longbench_postprocess(task: str, prediction: str, scoring: str = PAPER) -> str:
+    """The prediction text LongBench scores for `task` under `scoring`."""
+    if task in FIRST_LINE_TASKS:
+        return first_line(prediction)
+    if check_scoring(scoring) == PAPER and longbench_metric_name(task) == "qa_f1":
+        return raw_first_line(prediction)  # the paper's code: the QA tasks' first line, not stripped first
+    return prediction
 
 
-def longbench_score(
-    task: str, prediction: str, references: Sequence[str], all_classes: Sequence[str] | None = None
-) -> float:
-    """LongBench score of one sample: post-process, then the best score over the references."""
+def longbench_score(task: str, prediction: str, references: Sequence[str], all_classes: Sequence[str] | None = None,
+                    scoring: str = PAPER) -> float:
+    """LongBench score of one sample under `scoring`: post-process, then the best score over the references."""
     _check_references(references)
     metric = longbench_metric(task)
-    pred = longbench_postprocess(task, prediction)
+    pred = longbench_postprocess(task, prediction, scoring)
     if metric is classification_score:
         return max(classification_score(pred, ref, all_classes or ()) for ref in references)
+    if metric is code_similarity:
+        return max(code_similarity(pred, ref, scoring) for ref in references)
     return max(metric(pred, ref) for ref in references)
