@@ -7,15 +7,19 @@ checkout. Installed users set one of the first two (the folder layout is `longbe
 
 Loaders accept `.parquet` and `.jsonl` files of the same schema. Problems are reported with the file name:
 missing or unreadable file, missing columns, non-UTF-8 text, empty prompts or references.
+
+Every file a loader reads is noted; `recording()` collects them (the run record lists them with their SHA-256).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +33,35 @@ LONGBENCH_COLUMNS = ("prompt", "answers", "max_gen_tokens", "task")
 RULER_QA_COLUMNS = ("prompt", "answer", "max_seq_length", "task")
 RULER_QA_TASKS = {"squad": "ruler_squadqa", "hotpotqa": "ruler_hotpotqa"}
 RULER_QA_FAMILIES = ("delta_net", "lact")
+
+
+_recorders: list[set[Path]] = []
+
+
+@contextmanager
+def recording() -> Iterator[set[Path]]:
+    """Collect the paths of the data files read inside the block (resolved, in a set)."""
+    seen: set[Path] = set()
+    _recorders.append(seen)
+    try:
+        yield seen
+    finally:
+        _recorders.remove(seen)
+
+
+def note_read(path: str | os.PathLike[str]) -> None:
+    """Tell the open `recording()` blocks that `path` was read."""
+    for seen in _recorders:
+        seen.add(Path(path).resolve())
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def checkout_root() -> Path:
@@ -60,6 +93,7 @@ def read_records(path: str | os.PathLike[str], required: Sequence[str]) -> list[
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"data file {path} does not exist")
+    note_read(path)
     if path.suffix == ".parquet":
         rows = _read_parquet(path)
     elif path.suffix in (".jsonl", ".json"):
@@ -152,6 +186,7 @@ def load_trec_classes(data_dir: str | os.PathLike[str] | None = None, path: str 
     file = Path(path) if path else resolve_data_dir(data_dir) / "longbench" / "trec_classes.json"
     if not file.is_file():
         raise UserInputError(f"TREC class list {file} does not exist")
+    note_read(file)
     try:
         classes = json.loads(file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -169,11 +204,14 @@ def model_family(model: str | None) -> str:
     return "lact" if model and "lact" in str(model).lower() else "delta_net"
 
 
-def ruler_qa_files(
-    dataset: str, lengths: Sequence[int], family: str, data_dir: str | os.PathLike[str] | None = None
-) -> dict[int, Path]:
-    """{length: file} for `dataset` (squad/hotpotqa); falls back to the other family's file (with a warning)
-    and skips lengths with no file at all (with a warning; an error if none is left)."""
+def ruler_qa_files(dataset: str, lengths: Sequence[int], family: str, data_dir: str | os.PathLike[str] | None = None,
+                   allow_foreign: bool = False) -> dict[int, Path]:
+    """{length: file} for `dataset` (squad/hotpotqa) and the model `family`.
+
+    RULER QA files are built per model family (prompts sized with its tokenizer). A length with no file of the
+    family is skipped with a warning; another family's file is used only with `allow_foreign` (the CLI's
+    --allow-foreign-ruler-file). An error if no length is left.
+    """
     if dataset not in RULER_QA_TASKS:
         raise UserInputError(f"unknown RULER QA dataset {dataset!r}; known: {', '.join(RULER_QA_TASKS)}")
     if family not in RULER_QA_FAMILIES:
@@ -181,24 +219,34 @@ def ruler_qa_files(
     folder = resolve_data_dir(data_dir) / "ruler_qa"
     stem = RULER_QA_TASKS[dataset]
     found: dict[int, Path] = {}
+    skipped: list[str] = []
     for length in lengths:
-        order = [family] + [f for f in RULER_QA_FAMILIES if f != family]
-        for fam in order:
-            candidates = sorted(folder.glob(f"{stem}_{fam}_{length}_*.parquet"))
-            if candidates:
-                if fam != family:
-                    log.warning("RULER QA %s: no %s file for length %d, using %s", dataset, family, length,
-                                candidates[0].name)
-                found[int(length)] = candidates[0]
-                break
+        own = sorted(folder.glob(f"{stem}_{family}_{length}_*.parquet"))
+        foreign = [p for fam in RULER_QA_FAMILIES if fam != family
+                   for p in sorted(folder.glob(f"{stem}_{fam}_{length}_*.parquet"))]
+        if own:
+            found[int(length)] = own[0]
+        elif foreign and allow_foreign:
+            log.warning("RULER QA %s: no %s file for length %d; using %s (--allow-foreign-ruler-file)", dataset,
+                        family, length, foreign[0].name)
+            found[int(length)] = foreign[0]
+        elif foreign:
+            skipped.append(f"{length} (only {foreign[0].name}, built for another model family; "
+                           "--allow-foreign-ruler-file uses it)")
         else:
-            log.warning("RULER QA %s: no file for length %d in %s (expected %s_%s_%d_200_test.parquet); skipping "
-                        "this length", dataset, length, folder, stem, family, length)
+            skipped.append(f"{length} (no file)")
+    if skipped and found:
+        log.warning("RULER QA %s: skipping length(s) %s in %s", dataset, "; ".join(skipped), folder)
     if not found:
-        raise UserInputError(
-            f"no RULER QA {dataset} file for lengths {list(lengths)} in {folder}; pass files with ruler_qa_paths"
-        )
+        raise UserInputError(f"no {family} RULER QA {dataset} file in {folder} for --lengths "
+                             f"{','.join(map(str, lengths))}: {'; '.join(skipped)}; or pass --ruler-qa-file FILE")
     return found
+
+
+def is_foreign_ruler_file(path: str | os.PathLike[str], family: str) -> bool:
+    """Whether a data-folder RULER QA file was built for another model family than `family`."""
+    name = Path(path).name
+    return any(f"_{fam}_" in name for fam in RULER_QA_FAMILIES if fam != family) and f"_{family}_" not in name
 
 
 def load_ruler_qa(path: str | os.PathLike[str], dataset: str) -> list[dict[str, Any]]:

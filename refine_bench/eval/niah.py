@@ -15,17 +15,25 @@ niah_multivalue    essay     words  numbers 1 key with 4 values
 niah_multiquery    essay     words  numbers 4 keys, all 4 asked
 =================  ========  =====  ======  =================
 
-Haystacks: "noise" repeats RULER's five filler sentences (one line per repeat); "essay" is the project's own prose
-in `assets/essays.txt` (RULER uses Paul Graham essays, which need a download), cycled with a per-sample seeded
-paragraph order; "needle" is made of distractor needles with fresh random keys and values.
+Haystacks are sequences of whole sentences: "noise" repeats RULER's five filler sentences (one line per repeat);
+"essay" is the project's own prose in `assets/essays.txt` (RULER uses Paul Graham essays, which need a download),
+cycled with a per-sample seeded paragraph order; "needle" is made of distractor needles (one per line) with fresh
+random keys and values.
 Keys that are "words" are adjective-noun pairs from word lists in this module (RULER uses the `wonderwords`
 lists); numbers have 7 digits; uuids are version-4 UUIDs drawn from the sample's generator.
 
-Length rule: the prompt is the full model input (RULER's template with the context, followed by its answer
-prefix), and ``len(tokenizer(prompt, add_special_tokens=False).input_ids) + tokens_to_generate == length``
-exactly, as RULER sizes samples (its max_seq_length counts the tokens to generate). The haystack is cut to the
-largest number of words that fits, then topped up with a prefix of the next word (at character granularity)
-to land on the exact count; a sample that cannot be made exact raises an error.
+Length rule (`convention`): the prompt is the full model input (RULER's template with the context, followed by
+its answer prefix); like RULER, a length counts the tokens to generate.
+
+* ``exact`` (default): ``len(tokenizer(prompt, add_special_tokens=False).input_ids) + tokens_to_generate ==
+  length`` exactly, and the haystack ends on a sentence boundary. The haystack takes whole sentences in stream
+  order while they fit; when they leave a remainder, the last few sentences are replaced by later sentences of
+  the same stream (in order, some skipped) whose token counts make up the exact total. A sample that cannot be
+  made exact raises an error.
+* ``lm-eval``: lm-eval's (and RULER's) sizing: the haystack grows in steps (essay: 500 words; noise and needle:
+  25 lines, 5 below 4,096 tokens) and keeps the largest step whose prompt + tokens_to_generate fits the length,
+  so prompts are shorter than ``length - tokens_to_generate`` by up to one step (at 4,096, lm-eval's essay
+  prompts are about 3,100 tokens). Here the haystack still ends on a whole sentence within the step's words.
 
 Depth: needle i goes to the sentence boundary (a line boundary for "noise" and "needle") nearest to
 depth_i * (number of sentences in the context); 0 = right after the instruction line, 1 = just before the
@@ -40,22 +48,30 @@ import hashlib
 import random
 import re
 import uuid
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from typing import Any, Literal
 
 from refine_bench.errors import UserInputError
+from refine_bench.eval.data import note_read
+from refine_bench.protocol import PAPER_LENGTHS
 
 Haystack = Literal["noise", "essay", "needle"]
 NeedleType = Literal["words", "numbers", "uuids"]
 
-DEFAULT_LENGTHS = (4096, 8192, 16384)
+DEFAULT_LENGTHS = PAPER_LENGTHS
 DEFAULT_NUM_SAMPLES = 500
 TOKENS_TO_GENERATE = 128
 DEFAULT_SEED = 42
 DEPTH_GRID = tuple(i / 10 for i in range(11))
+EXACT = "exact"
+LM_EVAL = "lm-eval"
+CONVENTIONS = (EXACT, LM_EVAL)
+# lm-eval's haystack steps: words of essay, lines of noise or needles (fewer lines below 4,096 tokens)
+LM_EVAL_ESSAY_STEP = 500
+LM_EVAL_LINE_STEP, LM_EVAL_SHORT_LINE_STEP, LM_EVAL_SHORT_BELOW = 25, 5, 4096
 
 NOISE_UNIT = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 NEEDLE = "One of the special magic {kind} for {key} is: {value}."
@@ -108,7 +124,8 @@ class NiahSpec:
     num_queries: int = 1
 
 
-NIAH_TASKS: dict[str, NiahSpec] = {
+# Keyed by protocol.NIAH_TASKS (a test checks that both name the same tasks).
+NIAH_SPECS: dict[str, NiahSpec] = {
     "niah_single_1": NiahSpec("noise", "words", "numbers"),
     "niah_single_2": NiahSpec("essay", "words", "numbers"),
     "niah_single_3": NiahSpec("essay", "words", "uuids"),
@@ -131,6 +148,13 @@ class _Tokenizer:
         if self._fast is not None:
             return len(self._fast.encode(text, add_special_tokens=False).ids)
         return len(self._tok(text, add_special_tokens=False)["input_ids"])
+
+
+def check_convention(convention: str) -> str:
+    """A valid NIAH length convention, or a UserInputError naming the valid ones."""
+    if convention not in CONVENTIONS:
+        raise UserInputError(f"unknown NIAH length convention {convention!r}; choose from {', '.join(CONVENTIONS)}")
+    return convention
 
 
 # --------------------------------------------------------------------------------------------- random values
@@ -161,35 +185,50 @@ def _distinct(rng: random.Random, kind: NeedleType, n: int, avoid: set[str]) -> 
 
 
 # --------------------------------------------------------------------------------------------- haystacks
+# Every haystack unit and needle is one sentence with its separator in front (" " or "\n"); the context drops the
+# separator of its first piece.
+
+ESSAY_FILE = "assets/essays.txt"
 
 
 @lru_cache(maxsize=1)
 def essay_paragraphs() -> tuple[str, ...]:
     """The natural-text haystack shipped with the project, one paragraph per entry."""
-    text = resources.files("refine_bench.eval").joinpath("assets/essays.txt").read_text(encoding="utf-8")
+    text = resources.files("refine_bench.eval").joinpath(ESSAY_FILE).read_text(encoding="utf-8")
     paragraphs = tuple(" ".join(p.split()) for p in text.split("\n\n") if p.strip())
     if not paragraphs:
-        raise RuntimeError("refine_bench/eval/assets/essays.txt is empty")
+        raise RuntimeError(f"refine_bench/eval/{ESSAY_FILE} is empty")
     return paragraphs
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_NOISE_SENTENCES = _SENTENCE_END.split(NOISE_UNIT)
 
 
-def _essay_sentences(rng: random.Random) -> Iterable[str]:
+def _essay_units(rng: random.Random) -> Iterator[str]:
     """Endless essay sentences: the paragraphs in a seeded order, reshuffled on every pass."""
+    note_read(str(resources.files("refine_bench.eval").joinpath(ESSAY_FILE)))
     paragraphs = list(essay_paragraphs())
     while True:
         rng.shuffle(paragraphs)
         for paragraph in paragraphs:
-            yield from _SENTENCE_END.split(paragraph)
+            for sentence in _SENTENCE_END.split(paragraph):
+                yield " " + sentence
 
 
-def _needle_sentences(rng: random.Random, spec: NiahSpec, avoid: set[str]) -> Iterable[str]:
+def _noise_units() -> Iterator[str]:
+    """RULER's noise: its five sentences over and over, each repeat on a new line."""
+    while True:
+        for i, sentence in enumerate(_NOISE_SENTENCES):
+            yield ("\n" if i == 0 else " ") + sentence
+
+
+def _needle_units(rng: random.Random, spec: NiahSpec, avoid: set[str]) -> Iterator[str]:
+    """Distractor needles with fresh keys, one per line."""
     while True:
         key = _distinct(rng, spec.key_type, 1, avoid)[0]
         value = _random_value(rng, spec.value_type)
-        yield NEEDLE.format(kind=spec.value_type, key=key, value=value)
+        yield "\n" + NEEDLE.format(kind=spec.value_type, key=key, value=value)
 
 
 # --------------------------------------------------------------------------------------------- one sample
@@ -197,154 +236,162 @@ def _needle_sentences(rng: random.Random, spec: NiahSpec, avoid: set[str]) -> It
 
 @dataclass
 class _Parts:
-    """A sample's fixed pieces; the context in between is sized by `_fit`.
-
-    The context holds `n_full` whole haystack units, then a slot for a partial unit (a character prefix of the
-    next unit, possibly empty). Needle boundaries are computed over n_full + 1 slots, so growing the partial
-    never moves a needle.
-    """
+    """A sample's fixed pieces (head, tail, needles at their depths) and its haystack stream."""
 
     head: str
     tail: str
-    sentences: list[str]  # haystack units, grown lazily from `source`
-    source: Iterable[str]
-    sep: str
-    needles: list[str]
+    source: Iterator[str]
+    needles: list[str]  # with their separators in front
     depths: list[float]
+    stream: list[str] = field(default_factory=list)  # haystack units drawn from `source` so far
 
     def unit(self, i: int) -> str:
-        while len(self.sentences) <= i:
-            self.sentences.append(next(self.source))  # type: ignore[call-overload]
-        return self.sentences[i]
+        while len(self.stream) <= i:
+            self.stream.append(next(self.source))
+        return self.stream[i]
 
-    def render(self, n_full: int, partial: str) -> tuple[str, str, list[int]]:
-        """(text before the partial slot, text from the partial slot to the end, needle char offsets)."""
-        n = n_full + 1
+    def units(self, n: int) -> list[str]:
+        if n > 0:
+            self.unit(n - 1)
+        return self.stream[:n]
+
+    def render(self, units: Sequence[str]) -> tuple[str, list[int]]:
+        """The prompt with `units` as the haystack, and each needle's character offset in it. Needle i goes to the
+        boundary nearest depth_i * len(units) (0: before the first sentence, len(units): after the last)."""
         slots: dict[int, list[int]] = {}
         for j, depth in enumerate(self.depths):
-            slots.setdefault(int(round(depth * n)), []).append(j)
-        pieces: list[tuple[str, int]] = []  # (text, needle index or -1 for haystack, -2 for the partial)
-        for b in range(n + 1):
+            slots.setdefault(int(round(depth * len(units))), []).append(j)
+        pieces: list[tuple[str, int]] = []
+        for b in range(len(units) + 1):
             pieces.extend((self.needles[j], j) for j in slots.get(b, []))
-            if b < n_full:
-                pieces.append((self.unit(b), -1))
-            elif b == n_full and partial:
-                pieces.append((partial, -2))
-        before, region = [self.head], []
+            if b < len(units):
+                pieces.append((units[b], -1))
+        context = "".join(text for text, _ in pieces)[1:]  # the first piece's separator goes
         offsets = [0] * len(self.needles)
-        pos, in_region = len(self.head), False
-        for k, (text, j) in enumerate(pieces):
-            piece = text if j == -2 else (self.sep if k > 0 else "") + text
-            if j == -2 or (not in_region and j >= 0 and self._after_partial(pieces, k)):
-                in_region = True
-            (region if in_region else before).append(piece)
+        pos = len(self.head) - 1
+        for text, j in pieces:
             if j >= 0:
-                offsets[j] = pos + (len(self.sep) if k > 0 else 0)
-            pos += len(piece)
-        region.append(self.tail)
-        return "".join(before), "".join(region), offsets
-
-    def partial_source(self, n_full: int) -> str:
-        """The text whose prefixes fill the partial slot: the next unit, with its separator when it follows
-        something (the separator alone is a valid one-token step)."""
-        first = n_full == 0 and not any(int(round(d * (n_full + 1))) == 0 for d in self.depths)
-        return self.unit(n_full) if first else self.sep + self.unit(n_full)
-
-    @staticmethod
-    def _after_partial(pieces: list[tuple[str, int]], k: int) -> bool:
-        # needles that follow every whole unit sit in the region after the partial slot
-        return all(j != -1 for _, j in pieces[k:])
+                offsets[j] = pos + 1  # just after the needle's separator
+            pos += len(text)
+        return self.head + context + self.tail, offsets
 
 
-def _fit(parts: _Parts, budget: int, counter: _Tokenizer) -> tuple[str, list[int]]:
-    """Exactly `budget` prompt tokens: whole units first, then a character prefix of the next unit.
+def _fit_exact(parts: _Parts, budget: int, count: Callable[[str], int]) -> list[str]:
+    """Haystack units for a prompt of `budget` tokens that ends on a sentence boundary (see the module docstring):
+    exactly `budget` when whole sentences can make it, else the closest total below. Token counts of units are
+    additive in practice (tokenizers split at the separator in front of a sentence); every candidate is still
+    checked on the full prompt."""
 
-    Full-prompt token counts are expensive at 16K tokens, so whole units are sized with a few Newton steps on the
-    full count, and the partial unit is sized on the short tail region alone (token counts add up across the
-    whitespace boundary in front of it); the result is always checked on the full prompt, with an exhaustive
-    search as the fallback.
-    """
+    def full(units: Sequence[str]) -> int:
+        return count(parts.render(units)[0])
 
-    def full(n_full: int, partial: str = "") -> int:
-        before, region, _ = parts.render(n_full, partial)
-        return counter.count(before + region)
+    n = _largest_prefix(parts, budget, count)
+    best, best_total = parts.units(n), full(parts.units(n))
+    costs: dict[int, int] = {}
+
+    def cost(i: int) -> int:
+        if i not in costs:
+            costs[i] = count(parts.unit(i))
+        return costs[i]
+
+    for dropped in range(1, min(n, _MAX_DROPPED) + 1):
+        if best_total == budget:
+            break
+        kept = n - dropped
+        need = budget - full(parts.units(kept))
+        chosen = _closest_subsequence([cost(i) for i in range(kept, kept + _POOL)], need)
+        units = parts.units(kept) + [parts.unit(kept + k) for k in chosen]
+        total = full(units)
+        if best_total < total <= budget:
+            best, best_total = units, total
+    return best
+
+
+_MAX_DROPPED = 40  # sentences at the end of the haystack that may be replaced
+_POOL = 256  # later sentences of the stream they may be replaced with (in order, some skipped)
+
+
+def _largest_prefix(parts: _Parts, budget: int, count: Callable[[str], int]) -> int:
+    """The largest n whose first n haystack units fit `budget` tokens (an error if not even zero fit): estimated
+    from the units' own token counts, then settled on full-prompt counts."""
+
+    def full(n: int) -> int:
+        return count(parts.render(parts.units(n))[0])
 
     base = full(0)
     if base > budget:
-        raise UserInputError(
-            f"a NIAH prompt needs {base} tokens before any haystack, more than the {budget} available; "
-            "raise the length"
-        )
-    per_unit = max(1.0, sum(counter.count(parts.sep + parts.unit(i)) for i in range(8)) / 8)
-    n, c = 0, base
-    for _ in range(12):  # Newton steps towards the largest n with full(n) <= budget
-        step = int((budget - c) / per_unit)
-        if c <= budget and (step == 0 or full(n + 1) > budget):
-            if step == 0 and full(n + 1) <= budget:
-                n, c = n + 1, full(n + 1)
-                continue
-            break
-        n = max(0, n + (step if step != 0 else -1))
-        c = full(n)
-    else:
-        n = _bisect_units(full, budget)
-    while n > 0 and full(n) > budget:
-        n -= 1
-    while full(n + 1) <= budget:
+        raise UserInputError(f"a NIAH prompt needs {base} tokens before any haystack, more than the {budget} "
+                             "available; raise the length")
+    n, estimate = 0, base
+    while estimate + count(parts.unit(n)) <= budget:
+        estimate += count(parts.unit(n))
         n += 1
-    found = _fill_partial(parts, n, budget, counter)
-    if found is None:
-        n, found = _fill_exhaustive(parts, n, budget, counter)
-    before, region, offsets = parts.render(n, found)
-    return before + region, offsets
-
-
-def _bisect_units(full: Callable[[int], int], budget: int) -> int:
-    lo, hi = 0, 1
-    while full(hi) <= budget:
-        lo, hi = hi, hi * 2
+    lo, hi = 0, None  # full(lo) <= budget < full(hi): search around the estimate, then bisect
+    for step in (0, 1, -1, 2, -2):
+        m = n + step
+        if m < 0:
+            continue
+        if full(m) <= budget:
+            lo = max(lo, m)
+        else:
+            hi = m if hi is None else min(hi, m)
+    if hi is None:
+        hi = lo + 1
+        while full(hi) <= budget:
+            lo, hi = hi, hi * 2
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if full(mid) <= budget else (lo, mid)
     return lo
 
 
-def _fill_partial(parts: _Parts, n: int, budget: int, counter: _Tokenizer) -> str | None:
-    """Prefix of unit n that makes the prompt exactly `budget` tokens, sized on the tail region only."""
-    before, region, _ = parts.render(n, "")
-    total = counter.count(before + region)
-    if total == budget:
-        return ""
-    fixed = total - counter.count(region)
-    unit = parts.partial_source(n)
-    for end in range(1, len(unit) + 1):
-        _, region_p, _ = parts.render(n, unit[:end])
-        estimate = fixed + counter.count(region_p)
-        if estimate == budget:
-            b, r, _ = parts.render(n, unit[:end])
-            return unit[:end] if counter.count(b + r) == budget else None
-        if estimate > budget:
-            return None
-    return None
+def _closest_subsequence(costs: Sequence[int], target: int) -> list[int]:
+    """Indices of a subsequence of `costs` whose sum is the largest possible <= `target` (`target` itself when
+    reachable), taking the earliest items it can."""
+    if target <= 0:
+        return []
+    reach = [0] * (len(costs) + 1)
+    reach[len(costs)] = 1  # bit t set: some subsequence of costs[i:] sums to t
+    for i in range(len(costs) - 1, -1, -1):
+        reach[i] = reach[i + 1] | (reach[i + 1] << costs[i])
+    rest = (reach[0] & ((1 << (target + 1)) - 1)).bit_length() - 1  # the largest reachable sum <= target
+    chosen = []
+    for i, c in enumerate(costs):
+        if rest == 0:
+            break
+        if c <= rest and (reach[i + 1] >> (rest - c)) & 1:
+            chosen.append(i)
+            rest -= c
+    return chosen
 
 
-def _fill_exhaustive(parts: _Parts, n: int, budget: int, counter: _Tokenizer) -> tuple[int, str]:
-    """Slow path: every prefix of unit n, n-1, ... on the full prompt (the haystack is cut a little earlier)."""
-    closest = None
-    for m in range(n, max(-1, n - 4), -1):
-        unit = parts.partial_source(m)
-        for end in range(0, len(unit) + 1):
-            before, region, _ = parts.render(m, unit[:end])
-            c = counter.count(before + region)
-            if c == budget:
-                return m, unit[:end]
-            closest = c
-            if c > budget:
-                break
-    raise RuntimeError(
-        f"could not build a NIAH prompt of exactly {budget} tokens (reached {closest}); the tokenizer merges "
-        "across the haystack boundary"
-    )
+def _fit_lm_eval(parts: _Parts, spec: NiahSpec, length: int, budget: int, count: Callable[[str], int]) -> list[str]:
+    """Haystack units sized as lm-eval sizes RULER's (see the module docstring)."""
+    if spec.haystack == "essay":
+        step, per_unit = LM_EVAL_ESSAY_STEP, None  # steps of words
+    else:
+        step = LM_EVAL_SHORT_LINE_STEP if length < LM_EVAL_SHORT_BELOW else LM_EVAL_LINE_STEP
+        per_unit = len(_NOISE_SENTENCES) if spec.haystack == "noise" else 1  # units per line
+
+    def units_for(size: int) -> list[str]:
+        if per_unit is not None:
+            return parts.units(size * per_unit)
+        n, words = 0, 0
+        while words + len(parts.unit(n).split()) <= size:
+            words += len(parts.unit(n).split())
+            n += 1
+        return parts.units(n)
+
+    size = max(step, len(parts.needles))
+    best = None
+    while count(parts.render(units_for(size))[0]) <= budget:
+        best = units_for(size)
+        size += step
+    if best is None:
+        unit = "words" if per_unit is None else "lines"
+        raise UserInputError(f"a NIAH prompt with lm-eval's smallest haystack ({step} {unit}) does not fit {length} "
+                             "tokens; raise the length")
+    return best
 
 
 def make_sample(
@@ -355,11 +402,13 @@ def make_sample(
     *,
     seed: int = DEFAULT_SEED,
     tokens_to_generate: int = TOKENS_TO_GENERATE,
+    convention: str = EXACT,
 ) -> dict[str, Any]:
-    """Build sample `index` of NIAH `task` at `length` tokens (prompt + tokens_to_generate)."""
-    if task not in NIAH_TASKS:
-        raise UserInputError(f"unknown NIAH task {task!r}; known: {', '.join(NIAH_TASKS)}")
-    spec = NIAH_TASKS[task]
+    """Build sample `index` of NIAH `task` at `length` tokens (prompt + tokens_to_generate; see the length rule)."""
+    if task not in NIAH_SPECS:
+        raise UserInputError(f"unknown NIAH task {task!r}; known: {', '.join(NIAH_SPECS)}")
+    check_convention(convention)
+    spec = NIAH_SPECS[task]
     budget = length - tokens_to_generate
     if budget <= 0:
         raise UserInputError(f"NIAH length {length} leaves no room beside {tokens_to_generate} generated tokens")
@@ -386,16 +435,19 @@ def make_sample(
     tail = question.format(kind=kind, query=query) + answer_prefix.format(kind=kind, query=query)
 
     if spec.haystack == "noise":
-        source: Iterable[str] = iter(lambda: NOISE_UNIT, None)
-        sep = "\n"
+        source = _noise_units()
     elif spec.haystack == "needle":
-        source = _needle_sentences(rng, spec, used)
-        sep = "\n"
+        source = _needle_units(rng, spec, used)
     else:
-        source = _essay_sentences(rng)
-        sep = " "
-    parts = _Parts(head, tail, [], iter(source), sep, needles, depths)
-    prompt, offsets = _fit(parts, budget, _Tokenizer(tokenizer))
+        source = _essay_units(rng)
+    sep = " " if spec.haystack == "essay" else "\n"
+    parts = _Parts(head, tail, source, [sep + n for n in needles], depths)
+    count = _Tokenizer(tokenizer).count
+    if convention == EXACT:
+        units = _fit_exact(parts, budget, count)
+    else:
+        units = _fit_lm_eval(parts, spec, length, budget, count)
+    prompt, offsets = parts.render(units)
 
     answers = [v for i in asked for v in values[i]]
     answer_needles = [j for j, k in enumerate(needle_key) if k in asked]
@@ -407,12 +459,13 @@ def make_sample(
         "prompt": prompt,
         "outputs": answers,
         "length": length,
-        "prompt_tokens": budget,
+        "prompt_tokens": count(prompt),  # length - tokens_to_generate unless whole sentences fall short
         "tokens_to_generate": tokens_to_generate,
         "depth": depths[first],
         "needle_depths": [depths[j] for j in answer_needles],
         "needle_positions": [(offsets[j] - context_start) / span for j in answer_needles],
         "query": query,
+        "length_convention": convention,
     }
 
 
@@ -424,6 +477,7 @@ def generate_samples(
     num_samples: int = DEFAULT_NUM_SAMPLES,
     seed: int = DEFAULT_SEED,
     tokens_to_generate: int = TOKENS_TO_GENERATE,
+    convention: str = EXACT,
     progress: Callable[[int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """All samples of `task`, interleaved across lengths (sample 0 at every length, then sample 1, ...), so the
@@ -432,7 +486,7 @@ def generate_samples(
     for index in range(num_samples):
         for length in lengths:
             docs.append(make_sample(task, int(length), index, tokenizer, seed=seed,
-                                    tokens_to_generate=tokens_to_generate))
+                                    tokens_to_generate=tokens_to_generate, convention=convention))
         if progress is not None:
             progress(index)
     return docs
