@@ -16,12 +16,14 @@ def main(argv: list[str] | None = None) -> None:
     from lm_eval.__main__ import cli_evaluate
 
     import refine_bench.eval.lm  # noqa: F401 - registers the `refine-bench` model with lm-eval
-    from refine_bench.eval.runner import tasks_dir
+    from refine_bench.eval.quiet import quiet_lm_eval
+    from refine_bench.eval.task_catalog import tasks_dir
 
     args = list(sys.argv[1:] if argv is None else argv)
     if "--include_path" not in args and (not args or args[0] in ("run", "validate", "ls") or args[0].startswith("-")):
         args += ["--include_path", str(tasks_dir())]
     sys.argv = ["lm-eval", *args]
+    quiet_lm_eval()
     cli_evaluate()
 
 

@@ -8,15 +8,10 @@ import sys
 import pytest
 
 from refine_bench.errors import UserInputError
-from refine_bench.eval import scorers
-from refine_bench.eval.niah import NIAH_TASKS
-from refine_bench.eval.runner import leaf_tasks, resolve_tasks, tasks_dir
+from refine_bench.eval.task_catalog import leaf_tasks, resolve_tasks, tasks_dir
+from refine_bench.protocol import LONGBENCH, TASKS_BY_GROUP
 
-GROUPS = {
-    "niah": sorted(NIAH_TASKS),
-    "ruler_qa": ["ruler_qa_hotpotqa", "ruler_qa_squad"],
-    "longbench": sorted(f"longbench_{t}" for t in scorers.LONGBENCH_TASKS),
-}
+GROUPS = {group: sorted(tasks) for group, tasks in TASKS_BY_GROUP.items()}
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +32,9 @@ def test_groups_and_tasks_registered(tm):
 
 
 def test_longbench_generation_lengths_match_protocol(tm):
-    for task, tokens in scorers.LONGBENCH_GEN_TOKENS.items():
-        cfg = tm.task_index[f"longbench_{task}"].cfg
-        assert cfg["generation_kwargs"]["max_gen_toks"] == tokens
+    for task in LONGBENCH:
+        cfg = tm.task_index[task.task].cfg
+        assert cfg["generation_kwargs"]["max_gen_toks"] == task.max_new_tokens
         assert cfg["generation_kwargs"]["do_sample"] is False
 
 
@@ -49,16 +44,18 @@ def test_unknown_task_lists_available(tm):
     assert resolve_tasks(["niah, longbench_trec"], tm) == ["niah", "longbench_trec"]
 
 
-def test_cli_unknown_task_exits_2(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "refine_bench", "eval", "--model", "deltanet-tiny", "--tasks",
-                           "bogus", "--output", str(tmp_path)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "unknown task(s) bogus" in proc.stderr and "niah_multikey_3" in proc.stderr
+def test_cli_unknown_task_exits_2(tmp_path, capsys):
+    from refine_bench.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--model", "deltanet-tiny", "--tasks", "bogus", "--output", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "unknown task(s) bogus" in err and "niah_multikey_3" in err
     assert not any(tmp_path.iterdir())
 
 
 def test_lm_eval_validate_is_clean():
-    names = ",".join(["niah", "ruler_qa", "longbench", "refine_paper", *sum(GROUPS.values(), [])])
+    names = ",".join(["niah", "ruler_qa", "longbench", "refine_paper", "longbench_file", *sum(GROUPS.values(), [])])
     proc = subprocess.run([sys.executable, "-m", "refine_bench.lm_eval", "validate", "--tasks", names],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]

@@ -13,8 +13,8 @@ from lm_eval.api.instance import Instance
 from refine_bench.errors import UserInputError
 from refine_bench.models.deltanet import DeltaNetForCausalLM
 from refine_bench.train.presets import preset
+from refine_bench.train.test_time import TestTimeAdapter
 from refine_bench.train.trainer import Trainer
-from refine_bench.train.ttt import TestTimeAdapter
 from tests.conftest import small_deltanet_config
 
 LR = 1e-2
@@ -161,7 +161,7 @@ def _requests(tokenizer, n: int) -> list[Instance]:
 
 def _lms(reset: str):
     from refine_bench.eval.lm import RefineBenchLM
-    from refine_bench.eval.ttt import TestTimeTrainingLM
+    from refine_bench.eval.test_time_training_lm import TestTimeTrainingLM
 
     cfg = preset("ttt", "sft", lr=LR)
     kwargs = dict(pretrained="deltanet-tiny", device="cpu", batch_size=2, max_length=512)
@@ -188,6 +188,49 @@ def test_wrapper_answers_with_the_adapted_model_and_restores_it(reset):
     assert answers[2:] == plain.generate_until(reqs[2:], disable_tqdm=True)
 
 
+@pytest.mark.parametrize("reset", ["per_example", "accumulate"])
+def test_wrapper_resumes_a_killed_run_from_the_answer_cache(tmp_path, reset):
+    from refine_bench.eval.answer_cache import AnswerCache
+
+    ttt, plain, _ = _lms(reset)
+    reqs = _requests(plain.tokenizer, 4)
+    reference = ttt.generate_until(reqs, disable_tqdm=True)
+    reference_log = [(row["doc_ids"], row["loss_ntp"]) for row in ttt.ttt_log]
+
+    def instrument(lm, kill_on_adapt: int | None = None) -> dict[str, int]:
+        counts = {"adapt": 0, "generate": 0}
+        adapt, generate = lm.adapter.adapt, lm._model_generate
+
+        def counted_adapt(prompts):
+            counts["adapt"] += 1
+            if counts["adapt"] == kill_on_adapt:
+                raise KeyboardInterrupt  # killed before the second batch is answered
+            return adapt(prompts)
+
+        def counted_generate(*args, **kwargs):
+            counts["generate"] += 1
+            return generate(*args, **kwargs)
+
+        lm.adapter.adapt, lm._model_generate = counted_adapt, counted_generate
+        return counts
+
+    killed, _, _ = _lms(reset)
+    killed.use_answer_cache(AnswerCache(tmp_path, {"run": reset}))
+    instrument(killed, kill_on_adapt=2)
+    with pytest.raises(KeyboardInterrupt):
+        killed.generate_until(reqs, disable_tqdm=True)
+
+    resumed, _, _ = _lms(reset)
+    cache = AnswerCache(tmp_path, {"run": reset})
+    resumed.use_answer_cache(cache)
+    counts = instrument(resumed)
+    assert resumed.generate_until(reqs, disable_tqdm=True) == reference
+    assert [(row["doc_ids"], row["loss_ntp"]) for row in resumed.ttt_log] == reference_log
+    assert counts["generate"] == 1 and (cache.reused, cache.computed) == (2, 2)  # the first batch is not answered
+    # per-example: the first batch is not adapted on again; accumulating: it is, so the second sees the same weights
+    assert counts["adapt"] == (1 if reset == "per_example" else 2)
+
+
 def test_cli_eval_with_refine_ttt_writes_the_record(tmp_path):
     from typer.testing import CliRunner
 
@@ -202,7 +245,8 @@ def test_cli_eval_with_refine_ttt_writes_the_record(tmp_path):
     assert meta["status"] == "ok" and meta["stages"]["ttt"] == "refine"
     assert meta["arm"] == "refine" and meta["phase"] == "ttt"
     ttt = meta["config"]["ttt"]
-    assert ttt["reset"] == "per_example" and ttt["lr"] == 1e-3 and ttt["ttt_batch_size"] == 8
+    assert ttt["reset"] == "accumulate" and ttt["lr"] == 1e-3 and ttt["ttt_batch_size"] == 8  # the paper's default
+    assert meta["config"]["variant"] == "ttt_lr=0.001"  # off the preset's learning rate: never a paper cell
     assert ttt["refine"]["lambda_rl"] == 0.4 and ttt["mini_batch_size"] == 4
     (row,) = [json.loads(line) for line in (run / "ttt_batches.jsonl").read_text().splitlines()]
     assert row["doc_ids"] == [0, 1] and row["arm"] == "refine" and row["ntp_only"] == []
@@ -221,3 +265,13 @@ def test_cli_rejects_bad_ttt_options(tmp_path, capsys):
             main(["eval", "--model", "deltanet-tiny", "--tasks", "niah_single_1", "--output", str(tmp_path), *flags])
         assert exc.value.code == 2 and message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_departures_from_the_ttt_preset_label_the_run_a_variant():
+    from refine_bench.cli.eval import _test_time_training
+
+    paper = _test_time_training("refine", None, None, None, None, seed=0)
+    assert paper.departures == "" and paper.settings["reset"] == "accumulate" and paper.batch_size == 8
+    off = _test_time_training("refine", "per-example", None, 2, 16, seed=0)
+    assert off.departures == "ttt_reset=per-example,ttt_steps=2,ttt_batch_size=16"
+    assert _test_time_training("sft", None, 1e-3, None, None, seed=0).departures == "ttt_lr=0.001"
