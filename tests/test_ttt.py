@@ -12,6 +12,7 @@ from lm_eval.api.instance import Instance
 
 from refine_bench.errors import UserInputError
 from refine_bench.models.deltanet import DeltaNetForCausalLM
+from refine_bench.train.optimization import Example
 from refine_bench.train.presets import preset
 from refine_bench.train.test_time import TestTimeAdapter
 from refine_bench.train.trainer import Trainer
@@ -109,7 +110,7 @@ def test_refine_pass_on_equal_length_prompts_is_the_trainers_step():
     cfg = refine_ttt_config()
     batch = torch.tensor(prompts([48] * 4, seed=3))
     ref = make_model()
-    metrics = Trainer(ref, None, cfg, stream=None).train_step(batch)  # type: ignore[arg-type]
+    metrics = Trainer(ref, None, cfg, stream=None).train_step([Example(row) for row in batch])
     model = make_model()
     stats = TestTimeAdapter(model, cfg, reset="accumulate").train_on(batch.tolist())
     assert_same(weights(model), weights(ref))
