@@ -7,23 +7,27 @@ import torch
 
 from refine_bench.models.deltanet import DeltaNetForCausalLM
 from refine_bench.models.lact import LaCTForCausalLM, lact_tiny_config
-from refine_bench.train.data import BatchStream
-from refine_bench.train.presets import TrainConfig
-from refine_bench.train.refine import RefineConfig
-from refine_bench.train.trainer import Trainer
+from refine_bench.train.config import RefineConfig
+from refine_bench.train.optimization import sequence_generator
+from refine_bench.train.refine import collect_rollouts, sequence_terms
 from tests.conftest import small_deltanet_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def refine_step_grads(model, data, device):
-    cfg = TrainConfig(arm="refine", steps=1, batch_size=2, mini_batch_size=2, lr=0.0, seed=3,
-                      refine=RefineConfig(num_chunks=2, rollout_len=3, num_rollouts=2, margin=6, reward="hybrid"))
-    logged = []
-    trainer = Trainer(model.to(device), None, cfg, BatchStream(data.to(device), 2),
-                      log_fn=lambda s, m: logged.append(m))
-    trainer.train()
-    return {k: p.grad.detach().cpu() for k, p in model.named_parameters()}, logged[0]
+    """Gradients of the REFINE loss of each sequence (float32 on both devices; samples from CPU generators)."""
+    cfg = RefineConfig(num_chunks=2, rollout_len=3, num_rollouts=2, margin=6, reward="hybrid")
+    model = model.to(device)
+    rewards = []
+    for i, row in enumerate(data):
+        ids = row[None].to(device)
+        rollouts = collect_rollouts(model, ids, cfg, sequence_generator(3, 0, i))
+        terms = sequence_terms(model, ids, cfg, rollouts)
+        (terms.ntp_sum / terms.ntp_tokens + 0.2 * terms.rl_sum / terms.rl_tokens).backward()
+        rewards.append(rollouts.rewards.cpu())
+    return {k: p.grad.detach().cpu() for k, p in model.named_parameters()}, {"reward_mean": float(
+        torch.cat(rewards).mean())}
 
 
 @pytest.mark.parametrize("backend", ["fla", "torch"])
