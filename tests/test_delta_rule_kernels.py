@@ -1,4 +1,5 @@
-"""The delta-rule kernels agree with each other and with fla's pure-PyTorch reference."""
+"""The delta-rule kernels agree with each other (the token recurrence is the reference) and with fla's
+pure-PyTorch references."""
 
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ def make_inputs(B=2, T=37, H=3, K=16, V=8, seed=0, with_state=True):
     return q, k, v, beta, h0
 
 
-def grads_of(kernel, inputs, **kw):
+def grads_of(kernel, inputs, autocast=False, **kw):
     leaves = [x.detach().clone().requires_grad_(True) if x is not None else None for x in inputs]
-    o, s = kernel(*leaves, **kw)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):  # backward runs outside, as in training
+        o, s = kernel(*leaves, **kw)
     g = torch.Generator().manual_seed(1)
     loss = (o * torch.randn(o.shape, generator=g)).sum() + (s * torch.randn(s.shape, generator=g)).sum()
     loss.backward()
@@ -107,6 +109,27 @@ def test_bad_shapes_name_the_argument(bad, match):
 def test_unknown_backend_is_rejected():
     with pytest.raises(ValueError, match="kernel backend"):
         delta_rule(*make_inputs(T=3), backend="cuda-magic")
+
+
+@pytest.mark.parametrize("mode", ["chunk", "recurrent"])
+def test_float32_arithmetic_under_bf16_autocast(mode):
+    """Under autocast the kernels still compute in float32: outputs, state and gradients equal the plain run."""
+    inputs = make_inputs(T=40)
+    o, s, g = grads_of(delta_rule, inputs, mode=mode, chunk_size=16)
+    o_ac, s_ac, g_ac = grads_of(delta_rule, inputs, autocast=True, mode=mode, chunk_size=16)
+    assert o_ac.dtype == torch.float32 and s_ac.dtype == torch.float32
+    torch.testing.assert_close(o_ac, o, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(s_ac, s, atol=1e-6, rtol=1e-6)
+    for a, b in zip(g_ac, g, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+
+
+def test_zero_length_sequence_returns_the_initial_state():
+    q, k, v, beta, h0 = make_inputs(T=0)
+    for kernel in (delta_rule_chunked, delta_rule_recurrent):
+        o, s = kernel(q, k, v, beta, h0)
+        assert o.shape == (2, 0, 3, 8)
+        torch.testing.assert_close(s, h0)
 
 
 @pytest.mark.parametrize("T", [1, 5, 40])

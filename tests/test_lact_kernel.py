@@ -1,4 +1,4 @@
-"""LaCT fast-weight update and sliding-window attention kernels against plain loops written here (fp32, CPU)."""
+"""LaCT fast-weight update and sliding-window attention kernels against their naive references (fp32, CPU)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from refine_bench.kernels.attention import apply_rope, rope_cos_sin, window_attention
-from refine_bench.kernels.lact import init_lact_state, lact_swiglu, make_lact_plan, zeropower_newton_schulz5
+from refine_bench.kernels import (
+    apply_rope,
+    init_lact_state,
+    lact_swiglu,
+    lact_swiglu_naive,
+    make_lact_plan,
+    newton_schulz5_naive,
+    rope_cos_sin,
+    window_attention,
+    window_attention_naive,
+    zeropower_newton_schulz5,
+)
 
 H, D, DH = 2, 8, 12
 
@@ -36,56 +46,6 @@ def _f(w0, w1, w2, x):  # x [L, d]
     return (F.silu(x @ w0.T) * (x @ w2.T)) @ w1.T
 
 
-def _ns5(g, dtype=None):
-    if dtype is not None:
-        return _ns5(g.to(dtype)).to(g.dtype)
-    coeffs = [(4.0848, -6.8946, 2.9270), (3.9505, -6.3029, 2.6377), (3.7418, -5.5913, 2.3037),
-              (2.8769, -3.1427, 1.2046), (2.8366, -3.0525, 1.2012)]
-    x = g.T if g.shape[0] > g.shape[1] else g
-    x = x / (x.norm() + 1e-7)
-    for a, b, c in coeffs:
-        A = x @ x.T
-        x = a * x + (b * A + c * A @ A) @ x
-    return x.T if g.shape[0] > g.shape[1] else x
-
-
-def reference_lact(w, q, k, v, lr, mom, C, use_muon, muon_dtype=None):
-    """Plain loop per (batch, head): apply W to the chunk's queries, then (if the chunk is complete) take
-    the step on sum_t lr_t <f_W(k_t), v_t> with gradients from autograd, momentum, Muon, row renorm."""
-    B, T = q.shape[:2]
-    out = torch.zeros(B, T, H, D)
-    finals = []
-    for b in range(B):
-        per_head = []
-        for h in range(H):
-            W = [x[h].clone() for x in w]
-            norms = [x.norm(dim=1, keepdim=True) for x in W]
-            M = [torch.zeros_like(x) for x in W]
-            for s in range(0, T, C):
-                e = min(s + C, T)
-                out[b, s:e, h] = _f(*W, q[b, s:e, h])
-                if e - s < C:
-                    break
-                kc, vc = k[b, s:e, h], v[b, s:e, h]
-                new = []
-                for i in range(3):
-                    leaves = [x.detach().requires_grad_(j == i) for j, x in enumerate(W)]
-                    obj = (lr[b, s:e, h, i] * (_f(*leaves, kc) * vc).sum(-1)).sum()
-                    (g,) = torch.autograd.grad(obj, [leaves[i]])
-                    if mom is not None:
-                        g = g + M[i] * mom[b, s:e, h].mean()
-                        M[i] = g
-                    if use_muon:
-                        g = _ns5(g, muon_dtype)
-                    wn = W[i] + g
-                    new.append(wn / (wn.norm(dim=1, keepdim=True) + 1e-5) * norms[i])
-                W = new
-            per_head.append(W)
-        finals.append(per_head)
-    final = [torch.stack([torch.stack([finals[b][h][i] for h in range(H)]) for b in range(B)]) for i in range(3)]
-    return out, final
-
-
 @pytest.mark.parametrize("use_momentum,use_muon,muon_dtype",
                          [(False, False, None), (True, False, None), (True, True, None), (False, True, torch.bfloat16)])
 def test_update_matches_plain_loop(use_momentum, use_muon, muon_dtype):
@@ -94,7 +54,7 @@ def test_update_matches_plain_loop(use_momentum, use_muon, muon_dtype):
     q, k, v, lr, mom = _inputs(B, T, momentum=use_momentum)
     state = init_lact_state(*w, batch_size=B, chunk_size=C, use_momentum=use_momentum)
     o, new_state = lact_swiglu(q, k, v, lr, state, mom, use_muon=use_muon, muon_dtype=muon_dtype)
-    ref_o, ref_w = reference_lact(w, q, k, v, lr, mom, C, use_muon, muon_dtype)
+    ref_o, ref_w = lact_swiglu_naive(*w, q, k, v, lr, mom, chunk_size=C, use_muon=use_muon, muon_dtype=muon_dtype)
     torch.testing.assert_close(o, ref_o, atol=1e-5, rtol=1e-5)
     for name, ref in zip(("w0", "w1", "w2"), ref_w, strict=True):
         torch.testing.assert_close(new_state[name], ref, atol=1e-5, rtol=1e-5)
@@ -189,46 +149,25 @@ def test_left_padding_and_rows_at_different_offsets():
 
 
 def test_update_is_differentiable_like_the_plain_loop():
+    """Gradients of the kernel's hand-written chunk step agree with autograd through the naive loop, for every
+    input including the initial fast weights (their row norms included)."""
     C, T = 4, 10
     w = _weights()
     q, k, v, lr, mom = _inputs(1, T)
-    k1 = k.clone().requires_grad_(True)
-    lr1 = lr.clone().requires_grad_(True)
-    state = init_lact_state(*w, batch_size=1, chunk_size=C, use_momentum=True)
-    o, _ = lact_swiglu(q, k1, v, lr1, state, mom)
-    o.square().sum().backward()
-    k2 = k.clone().requires_grad_(True)
-    lr2 = lr.clone().requires_grad_(True)
-    o_ref = _diff_reference(w, q, k2, v, lr2, mom, C)
-    o_ref.square().sum().backward()
-    torch.testing.assert_close(k1.grad, k2.grad, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(lr1.grad, lr2.grad, atol=1e-5, rtol=1e-4)
-
-
-def _diff_reference(w, q, k, v, lr, mom, C):
-    """Same loop as `reference_lact` for B=1, keeping the graph (create_graph) so it can be differentiated."""
-    outs = []
-    for h in range(H):
-        W = [x[h].clone().requires_grad_(True) for x in w]
-        norms = [x.detach().norm(dim=1, keepdim=True) for x in W]
-        M = [torch.zeros_like(x) for x in W]
-        out_h = []
-        for s in range(0, q.shape[1], C):
-            e = min(s + C, q.shape[1])
-            out_h.append(_f(*W, q[0, s:e, h]))
-            if e - s < C:
-                break
-            new = []
-            for i in range(3):
-                obj = (lr[0, s:e, h, i] * (_f(*W, k[0, s:e, h]) * v[0, s:e, h]).sum(-1)).sum()
-                (g,) = torch.autograd.grad(obj, [W[i]], create_graph=True)
-                g = g + M[i] * mom[0, s:e, h].mean()
-                M[i] = g
-                wn = W[i] + g
-                new.append(wn / (wn.norm(dim=1, keepdim=True) + 1e-5) * norms[i])
-            W = new
-        outs.append(torch.cat(out_h))
-    return torch.stack(outs, dim=1)[None]
+    grads = []
+    for run in ("kernel", "naive"):
+        leaves = [x.clone().requires_grad_(True) for x in (*w, q, k, v, lr, mom)]
+        w0, w1, w2, q1, k1, v1, lr1, mom1 = leaves
+        if run == "kernel":
+            state = init_lact_state(w0, w1, w2, batch_size=1, chunk_size=C, use_momentum=True)
+            o, _ = lact_swiglu(q1, k1, v1, lr1, state, mom1)
+        else:
+            o, _ = lact_swiglu_naive(w0, w1, w2, q1, k1, v1, lr1, mom1, chunk_size=C)
+        grads.append(torch.autograd.grad(o.square().sum(), leaves))
+    names = ("w0", "w1", "w2", "q", "k", "v", "lr", "momentum")
+    for name, a, b in zip(names, *grads, strict=True):
+        assert b.abs().sum() > 0, name
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
 
 
 def test_newton_schulz_orthogonalises():
@@ -237,7 +176,7 @@ def test_newton_schulz_orthogonalises():
     assert x.shape == g.shape
     sv = torch.linalg.svdvals(x)
     assert sv.min() > 0.5 and sv.max() < 1.3  # the quintic iteration maps singular values near 1
-    torch.testing.assert_close(x[1], _ns5(g[1]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(x[1], newton_schulz5_naive(g[1]), atol=1e-5, rtol=1e-5)
 
 
 def test_bad_chunk_size_and_shapes_raise():
@@ -271,23 +210,12 @@ def test_rope_hand_computed_and_relative():
     torch.testing.assert_close(dot(7, 2), dot(105, 100), atol=1e-4, rtol=1e-4)
 
 
-def _dense_window_attention(q, k, v, window):
-    """Per row, per query: softmax over keys j with i - window < j <= i."""
-    B, T, Hh, Dd = q.shape
-    out = torch.zeros_like(q)
-    for i in range(T):
-        j0 = max(0, i - window + 1)
-        s = torch.einsum("bhd,bjhd->bhj", q[:, i], k[:, j0:i + 1]) / math.sqrt(Dd)
-        out[:, i] = torch.einsum("bhj,bjhd->bhd", s.softmax(-1), v[:, j0:i + 1])
-    return out
-
-
 def test_window_attention_blocked_padded_and_cached():
     B, T, Hh, Dd, window = 2, 23, 2, 4, 5
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(B, T, Hh, Dd, generator=g) for _ in range(3))
     pos = torch.arange(T).expand(B, T)
-    ref = _dense_window_attention(q, k, v, window)
+    ref = window_attention_naive(q, k, v, window)
     o, _ = window_attention(q, k, v, pos, window, query_block=4)
     torch.testing.assert_close(o, ref, atol=1e-5, rtol=1e-5)
     # short sequence: the is_causal fast path

@@ -1,13 +1,12 @@
 """Kernel backend selection: `torch` (the project's own path, any device) or `fla` (Triton, CUDA only).
 
-`auto` picks fla when the tensors are on CUDA and fla imports, else torch. The backend can be forced with
-the environment variable REFINE_BENCH_KERNEL_BACKEND or per call.
+`auto` picks fla when the tensors are on CUDA and fla imports, else torch. Callers pass the backend as an
+argument (the models take it from their config's `kernel_backend`).
 """
 
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 
@@ -26,9 +25,8 @@ def fla_available() -> bool:
     return True
 
 
-def resolve_backend(backend: str | None, device: torch.device) -> str:
+def resolve_backend(backend: str, device: torch.device) -> str:
     """Return the concrete backend ('torch' or 'fla') for tensors on `device`."""
-    backend = backend or os.environ.get("REFINE_BENCH_KERNEL_BACKEND", "auto")
     if backend not in BACKENDS:
         raise ValueError(f"kernel backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":

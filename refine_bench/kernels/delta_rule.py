@@ -1,8 +1,9 @@
-"""The delta rule in PyTorch: chunked (WY/UT form) for training and prefill, token recurrence for decoding.
+"""The delta rule in PyTorch: the token recurrence (the naive reference, and the decoding path) and the chunked
+WY/UT form for training and prefill, plus `delta_rule`, which dispatches to fla's Triton kernels on CUDA.
 
 Layout follows fla: q, k [B, T, H, K]; v [B, T, H, V]; beta [B, T, H]; state S [B, H, K, V].
 Per token: S_t = S_{t-1} + beta_t k_t (v_t - S_{t-1}^T k_t)^T and o_t = S_t^T (scale * q_t).
-Both paths compute in float32 and return outputs in the input dtype (the state stays float32).
+Both paths compute in float32 (also under autocast) and return outputs in q's dtype; the state stays float32.
 q and k are used as given: the model L2-normalises them before calling.
 """
 
@@ -10,8 +11,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
-from refine_bench.kernels.validation import check_tensor
+from refine_bench.kernels.backend import resolve_backend
+from refine_bench.kernels.validation import autocast_off, check_tensor
 
 
 def check_delta_rule_args(
@@ -29,10 +32,14 @@ def check_delta_rule_args(
     return B, T, H, K, V
 
 
-def _initial(initial_state: torch.Tensor | None, B: int, H: int, K: int, V: int, device) -> torch.Tensor:
+def _start(q, k, v, beta, initial_state, scale) -> tuple[tuple[int, int, int, int, int], float, torch.Tensor]:
+    """Checked dims, the query scale (1/sqrt(K) by default) and the float32 initial state (zeros when None)."""
+    B, T, H, K, V = dims = check_delta_rule_args(q, k, v, beta, initial_state)
     if initial_state is None:
-        return torch.zeros(B, H, K, V, device=device, dtype=torch.float32)
-    return initial_state.float()
+        state = torch.zeros(B, H, K, V, device=q.device, dtype=torch.float32)
+    else:
+        state = initial_state.float()
+    return dims, K**-0.5 if scale is None else scale, state
 
 
 def delta_rule_recurrent(
@@ -43,22 +50,80 @@ def delta_rule_recurrent(
     initial_state: torch.Tensor | None = None,
     scale: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token-by-token delta rule; returns (o [B, T, H, V], final state [B, H, K, V] float32)."""
-    B, T, H, K, V = check_delta_rule_args(q, k, v, beta, initial_state)
-    scale = K**-0.5 if scale is None else scale
-    S = _initial(initial_state, B, H, K, V, q.device)
-    qf, kf, vf, bf = (x.float() for x in (q, k, v, beta))
-    outs = []
-    for t in range(T):
-        # row vectors [B, H, 1, K] / [B, H, 1, V]: batched matmuls cost less per token than einsum
-        k_t, v_t, b_t = kf[:, t, :, None, :], vf[:, t, :, None, :], bf[:, t, :, None, None]
-        v_err = v_t - k_t @ S
-        S = S + k_t.transpose(-1, -2) @ (b_t * v_err)
-        outs.append(((qf[:, t, :, None, :] * scale) @ S)[:, :, 0])
-    o = torch.stack(outs, dim=1) if outs else vf.new_zeros(B, 0, H, V)
-    return o.to(q.dtype), S
+    """Token-by-token delta rule; returns (o [B, T, H, V], final state [B, H, K, V] float32).
+
+    The reference every other path is checked against, and the decoding path (one token per call).
+    """
+    (B, T, H, K, V), scale, S = _start(q, k, v, beta, initial_state, scale)
+    with autocast_off(q.device):
+        # row vectors [B*H, 1, K] / [B*H, 1, V] per token: batched matmuls cost less per token than einsum
+        qf = (q.float() * scale).transpose(1, 2).reshape(B * H, T, 1, K)
+        kf = k.float().transpose(1, 2).reshape(B * H, T, 1, K)
+        b = beta.float().transpose(1, 2).reshape(B * H, T, 1, 1)
+        bk, bv = b * kf, b * v.float().transpose(1, 2).reshape(B * H, T, 1, V)
+        S = S.reshape(B * H, K, V)
+        outs = []
+        for t in range(T):
+            # S + k^T beta (v - k S) = S + k^T (beta v - (beta k) S)
+            S = torch.baddbmm(S, kf[:, t].transpose(1, 2), torch.baddbmm(bv[:, t], bk[:, t], S, alpha=-1))
+            outs.append(torch.bmm(qf[:, t], S))
+        o = torch.cat(outs, dim=1) if outs else S.new_zeros(B * H, 0, V)
+        return o.view(B, H, T, V).transpose(1, 2).to(q.dtype), S.view(B, H, K, V)
 
 
+class _UnitLowerInverse(torch.autograd.Function):
+    """(I + strict_lower(P))^-1 for a batch of square P; the gradient reaches only P's strict lower part."""
+
+    @staticmethod
+    def forward(ctx, P: torch.Tensor) -> torch.Tensor:
+        eye = torch.eye(P.shape[-1], dtype=P.dtype, device=P.device).expand_as(P)
+        # unitriangular=True reads only the strict lower triangle of P: no masking pass needed
+        inverse = torch.linalg.solve_triangular(P, eye, upper=False, unitriangular=True)
+        ctx.save_for_backward(inverse)
+        return inverse
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        # d(A^-1) = -A^-1 dA A^-1; torch's own backward of solve_triangular is far slower on CPU
+        (inverse,) = ctx.saved_tensors
+        it = inverse.transpose(-1, -2)
+        with autocast_off(grad.device):
+            return torch.tril(-(it @ grad @ it), -1)
+
+
+class _StateScan(torch.autograd.Function):
+    """The chunk-to-chunk recurrence S_{n+1} = M_n S_n + D_n (M [N, G, K, K], D [N, G, K, V], S_0 [G, K, V]).
+
+    Returns every state [N + 1, G, K, V]. This is the only sequential part of the chunked delta rule: one
+    batched matmul per chunk forward, two backward, written by hand to keep the autograd graph to one node.
+    """
+
+    @staticmethod
+    def forward(ctx, M: torch.Tensor, D: torch.Tensor, S0: torch.Tensor) -> torch.Tensor:
+        states = S0.new_empty(M.shape[0] + 1, *S0.shape)
+        states[0] = S0
+        for n in range(M.shape[0]):
+            torch.baddbmm(D[n], M[n], states[n], out=states[n + 1])
+        ctx.save_for_backward(M, states)
+        return states
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        M, states = ctx.saved_tensors
+        grad_M = torch.empty_like(M)
+        grad_D = torch.empty_like(states[1:])
+        carry = grad[-1].clone()  # the gradient reaching S_{n+1}
+        with autocast_off(grad.device):
+            for n in range(M.shape[0] - 1, -1, -1):
+                grad_D[n] = carry
+                torch.bmm(carry, states[n].transpose(-1, -2), out=grad_M[n])
+                carry = torch.baddbmm(grad[n], M[n].transpose(-1, -2), carry)
+        return grad_M, grad_D, carry
+
+
+# Same signature as delta_rule_recurrent on purpose (as in fla): the two are interchangeable.
 def delta_rule_chunked(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -70,43 +135,72 @@ def delta_rule_chunked(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunked delta rule via the WY/UT transform; same result as `delta_rule_recurrent`.
 
-    Within a chunk, the updates compose into S_end = S_0 + K^T (U - W S_0) with
-    T = (I + tril(diag(beta) K K^T, -1))^{-1}, W = T diag(beta) K, U = T diag(beta) V, so only the
-    inter-chunk state pass is sequential. The tail is padded with beta = 0, which leaves the state unchanged.
+    Per chunk of C tokens with state S at its start: T = (I + tril(diag(beta) K K^T, -1))^-1, W = T diag(beta) K,
+    U = T diag(beta) V; then o = QK U + (Q - QK W) S with QK = tril(Q K^T), and the next state is
+    (I - K^T W) S + K^T U. Everything but that last recurrence is one batched matmul over all chunks. A ragged
+    tail is padded with beta = 0, which leaves the state unchanged.
     """
-    B, T, H, K, V = check_delta_rule_args(q, k, v, beta, initial_state)
-    if chunk_size <= 0:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    scale = K**-0.5 if scale is None else scale
-    S = _initial(initial_state, B, H, K, V, q.device)
+    (B, T, H, K, V), scale, S = _start(q, k, v, beta, initial_state, scale)
+    if not isinstance(chunk_size, int) or chunk_size <= 0:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     if T == 0:
         return v.new_zeros(B, 0, H, V), S
     C = chunk_size
     pad = (-T) % C
-    # [B, H, N, C, D] in float32
-    qf, kf, vf = (F.pad(x.float(), (0, 0, 0, 0, 0, pad)).transpose(1, 2) for x in (q, k, v))
-    bf = F.pad(beta.float(), (0, 0, 0, pad)).transpose(1, 2)
-    N = (T + pad) // C
-    qf = qf.reshape(B, H, N, C, K) * scale
-    kf = kf.reshape(B, H, N, C, K)
-    vf = vf.reshape(B, H, N, C, V)
-    bf = bf.reshape(B, H, N, C, 1)
+    N, G = (T + pad) // C, B * H
 
-    k_beta = kf * bf
-    strict_lower = torch.tril(torch.ones(C, C, dtype=torch.bool, device=q.device), diagonal=-1)
-    A = (k_beta @ kf.transpose(-1, -2)).masked_fill(~strict_lower, 0.0)
-    A = A + torch.eye(C, device=q.device, dtype=A.dtype)
-    eye = torch.eye(C, device=q.device, dtype=A.dtype).expand_as(A)
-    T_inv = torch.linalg.solve_triangular(A, eye, upper=False, unitriangular=True)
-    W = T_inv @ k_beta
-    U = T_inv @ (vf * bf)
-    causal = torch.tril(torch.ones(C, C, dtype=torch.bool, device=q.device))
-    QK = (qf @ kf.transpose(-1, -2)).masked_fill(~causal, 0.0)
+    def grid(x: torch.Tensor) -> torch.Tensor:  # [B, T, H, D] -> [N * G, C, D] float32, chunk-major
+        x = F.pad(x.float(), (0, 0, 0, 0, 0, pad)) if pad else x.float()
+        return x.reshape(B, N, C, H, -1).permute(1, 0, 3, 2, 4).reshape(N * G, C, x.shape[-1])
 
-    outs = []
-    for n in range(N):
-        u_n = U[:, :, n] - W[:, :, n] @ S
-        outs.append(qf[:, :, n] @ S + QK[:, :, n] @ u_n)
-        S = S + kf[:, :, n].transpose(-1, -2) @ u_n
-    o = torch.stack(outs, dim=2).reshape(B, H, N * C, V)[:, :, :T].transpose(1, 2)
-    return o.to(q.dtype), S
+    with autocast_off(q.device):
+        qf, kf, vf, bf = grid(q) * scale, grid(k), grid(v), grid(beta[..., None])
+        kt = kf.transpose(-1, -2)
+        k_beta = kf * bf
+        t_inv = _UnitLowerInverse.apply(torch.bmm(k_beta, kt))
+        W, U = torch.bmm(t_inv, k_beta), torch.bmm(t_inv, vf * bf)
+        QK = torch.bmm(qf, kt).tril_()
+        eye = torch.eye(K, device=q.device, dtype=torch.float32)
+        M = torch.baddbmm(eye, kt, W, alpha=-1)
+        states = _StateScan.apply(M.view(N, G, K, K), torch.bmm(kt, U).view(N, G, K, V), S.reshape(G, K, V))
+        q_rest = torch.baddbmm(qf, QK, W, alpha=-1)
+        o = torch.baddbmm(torch.bmm(QK, U), q_rest, states[:N].reshape(N * G, K, V))
+        o = o.view(N, B, H, C, V).permute(1, 0, 3, 2, 4).reshape(B, N * C, H, V)[:, :T]
+        return o.to(q.dtype), states[N].view(B, H, K, V)
+
+
+def delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    beta: torch.Tensor,
+    initial_state: torch.Tensor | None = None,
+    *,
+    mode: str = "chunk",
+    backend: str = "auto",
+    chunk_size: int = 64,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Delta rule over a sequence; returns (o [B, T, H, V], final state [B, H, K, V] float32).
+
+    mode: 'chunk' (training, prefill) or 'recurrent' (decoding); backend: 'auto', 'torch' or 'fla' (see
+    `resolve_backend`). On the fla backend the state is returned in float32 like the torch path; fla's chunk
+    kernel needs 16-bit inputs, so float32 inputs take the recurrent fla kernel there.
+    """
+    if mode not in ("chunk", "recurrent"):
+        raise ValueError(f"mode must be 'chunk' or 'recurrent', got {mode!r}")
+    if resolve_backend(backend, q.device) == "fla":
+        check_delta_rule_args(q, k, v, beta, initial_state)  # the torch kernels check their own arguments
+        from fla.ops.delta_rule import chunk_delta_rule, fused_recurrent_delta_rule
+
+        state = None if initial_state is None else initial_state.float()
+        if mode == "chunk" and q.dtype != torch.float32:
+            o, final = chunk_delta_rule(q, k, v, beta.to(q.dtype), scale=scale, initial_state=state,
+                                        output_final_state=True)
+        else:
+            o, final = fused_recurrent_delta_rule(q, k, v, beta.to(q.dtype), scale=scale, initial_state=state,
+                                                  output_final_state=True)
+        return o, final.float()
+    if mode == "recurrent":
+        return delta_rule_recurrent(q, k, v, beta, initial_state, scale=scale)
+    return delta_rule_chunked(q, k, v, beta, initial_state, scale=scale, chunk_size=chunk_size)

@@ -16,13 +16,12 @@ count towards a chunk nor change the state. Everything computes in the state's d
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from refine_bench.kernels.validation import check_tensor
+from refine_bench.kernels.validation import autocast_off, check_tensor
 
 # Newton-Schulz iteration coefficients (5 steps), as in LaCT's `zeropower_via_newtonschulz5`.
 NS_COEFFICIENTS = (
@@ -92,13 +91,6 @@ def _update(state_w: dict, k: torch.Tensor, v: torch.Tensor, lr: torch.Tensor, m
 @functools.cache
 def _compiled(fn):
     return torch.compile(fn, dynamic=False)
-
-
-def _maybe_compiled(fn, device: torch.device):
-    """`fn` compiled with torch.compile on CUDA when REFINE_BENCH_COMPILE=1, else `fn` itself."""
-    if device.type == "cuda" and os.environ.get("REFINE_BENCH_COMPILE", "0") == "1":
-        return _compiled(fn)
-    return fn
 
 
 def init_lact_state(
@@ -236,6 +228,8 @@ def lact_swiglu(
     use_muon: bool = False,
     muon_dtype: torch.dtype | None = torch.bfloat16,
     plan: LaCTPlan | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    compile: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Block-causal LaCT over new tokens, continuing from `state` (see `init_lact_state`).
 
@@ -243,6 +237,9 @@ def lact_swiglu(
     (required iff the state carries momentum); mask [B, T] (1 = real token) or None.
     muon_dtype: dtype of the Newton-Schulz iteration; bfloat16 (the default) is what the LaCT repo always
     does (its models were trained so), None runs it in the state's dtype.
+    autocast_dtype: None computes every matmul in the state's dtype (also under an enclosing autocast);
+    torch.bfloat16 runs them under bf16 autocast, as the LaCT repo does on GPUs (the state stays float32).
+    compile: run the chunk apply/update through torch.compile (worth it on CUDA for long runs).
     Returns (o [B, T, H, d] in q's dtype, new state). The input state is not modified.
     """
     B, T, H, d = q.shape
@@ -264,6 +261,18 @@ def lact_swiglu(
     elif plan.chunk_size != C or plan.seq_len != T:
         raise ValueError(f"plan was made for chunk_size={plan.chunk_size}, T={plan.seq_len}; state has C={C}, T={T}")
 
+    if autocast_dtype is None:
+        precision = autocast_off(q.device)
+    else:
+        precision = torch.autocast(q.device.type, dtype=autocast_dtype)
+    with precision:
+        return _lact_swiglu(q, k, v, lr, state, momentum, mask, plan, use_momentum, use_muon, muon_dtype, compile)
+
+
+def _lact_swiglu(q, k, v, lr, state, momentum, mask, plan: LaCTPlan, use_momentum: bool, use_muon: bool,
+                 muon_dtype: torch.dtype | None, compile: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    B, T, H, d = q.shape
+    C = state["k"].shape[2]
     dtype = state["w0"].dtype
     qh = q.to(dtype).transpose(1, 2)
     grid_k = _to_grid(state["k"], k.to(dtype).transpose(1, 2), plan)
@@ -272,7 +281,7 @@ def lact_swiglu(
     grid_m = _to_grid(state["mom"], momentum.to(dtype).transpose(1, 2), plan) if use_momentum else None
 
     weights = {key: state[key] for key in state if key[0] in "wm" and key != "mom"}
-    apply_fn, update_fn = _maybe_compiled(swiglu_apply, q.device), _maybe_compiled(_update, q.device)
+    apply_fn, update_fn = (_compiled(swiglu_apply), _compiled(_update)) if compile else (swiglu_apply, _update)
     pieces: list[torch.Tensor] = []
     out = None if plan.uniform else qh.new_zeros(B, H, T, d)
     ranges = {j: (lo, hi) for j, lo, hi in plan.apply_ranges}

@@ -1,7 +1,9 @@
-"""Argument checks shared by the kernels: errors name the argument and the shape that was expected."""
+"""What every kernel shares: argument checks whose errors name the argument and the expected shape, and the
+switch that keeps a kernel's float32 arithmetic float32 under autocast."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -18,3 +20,14 @@ def check_tensor(name: str, x: torch.Tensor, expected: Sequence[int | None], lay
         raise ValueError(f"{name} must have shape {layout} = {want}, got {list(x.shape)}")
     if x.dtype not in FLOAT_DTYPES:
         raise ValueError(f"{name} must be float32, bfloat16 or float16, got {x.dtype}")
+
+
+def autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast disabled on `device`'s type while it is enabled there (a no-op otherwise).
+
+    The kernels cast their inputs to float32 on purpose; under autocast every matmul would otherwise run in
+    the autocast dtype again.
+    """
+    if torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
