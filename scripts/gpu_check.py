@@ -110,27 +110,39 @@ def throughput(build: Callable[[], torch.nn.Module], make_input: Callable[[], to
 
 
 class _LayerOnly(torch.nn.Module):
-    """A block called without mask or state, returning only its hidden output."""
+    """One block of a zoo model's architecture over a fresh unpadded sequence, returning its hidden output."""
 
-    def __init__(self, block: torch.nn.Module) -> None:
+    def __init__(self, name: str) -> None:
         super().__init__()
-        self.block = block
+        from refine_bench.models.backbone import FastWeightBlock
+        from refine_bench.models.zoo import MODELS
+
+        entry = MODELS[name]
+        self.config = entry.make_config()
+        self.mixer_class = entry.model_class.mixer_class
+        self.block = FastWeightBlock(self.config, self.mixer_class(self.config, 0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.block(x, None, None)[0]
+        ctx = self.mixer_class.context(self.config, x, None, None)
+        return self.block(x, ctx, None)[0]
+
+
+def _layer(name: str, **config: object) -> _LayerOnly:
+    layer = _LayerOnly(name)
+    for key, value in config.items():
+        setattr(layer.config, key, value)  # the mixers read the shared config at call time
+    return layer.to("cuda", torch.bfloat16)
 
 
 def deltanet_throughput(B=4, T=2048) -> dict[str, float]:
-    from refine_bench.models.deltanet import DeltaNetBlock
     from refine_bench.models.zoo import MODELS, load_model
 
     results = {}
-    cfg = MODELS["deltanet-1.3b"].make_config()
+    hidden = MODELS["deltanet-1.3b"].make_config().hidden_size
     for backend in ("fla", "torch"):
-        cfg.kernel_backend = backend
         results.update(throughput(
-            lambda: _LayerOnly(DeltaNetBlock(cfg, 0)).to("cuda", torch.bfloat16),
-            lambda: torch.randn(B, T, cfg.hidden_size, device="cuda", dtype=torch.bfloat16, requires_grad=True),
+            lambda backend=backend: _layer("deltanet-1.3b", kernel_backend=backend),
+            lambda: torch.randn(B, T, hidden, device="cuda", dtype=torch.bfloat16, requires_grad=True),
             B * T, f"deltanet_layer_{backend}"))
 
     results.update(throughput(
@@ -142,14 +154,13 @@ def deltanet_throughput(B=4, T=2048) -> dict[str, float]:
 def lact_sections(B: int = 2, T: int = 8192) -> dict[str, float]:
     """LaCT at the 760M shape: bf16 vs fp32 logits (4096 tokens = two fast-weight chunks), one layer and the
     whole model forward+backward tokens/s with peak memory."""
-    from refine_bench.models.lact import LaCTBlock
     from refine_bench.models.zoo import MODELS, load_model
 
     results = model_parity("lact-760m", T=4096)
-    cfg = MODELS["lact-760m"].make_config()
+    hidden = MODELS["lact-760m"].make_config().hidden_size
     results.update(throughput(
-        lambda: _LayerOnly(LaCTBlock(cfg, 0)).to("cuda", torch.bfloat16),
-        lambda: torch.randn(B, T, cfg.hidden_size, device="cuda", dtype=torch.bfloat16, requires_grad=True),
+        lambda: _layer("lact-760m"),
+        lambda: torch.randn(B, T, hidden, device="cuda", dtype=torch.bfloat16, requires_grad=True),
         B * T, "lact_layer"))
     results.update(throughput(
         lambda: load_model("lact-760m", dtype=torch.bfloat16, device="cuda", random_init=True),

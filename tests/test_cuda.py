@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from refine_bench.models.deltanet import DeltaNetForCausalLM
-from refine_bench.models.lact import LaCTForCausalLM, lact_tiny_config
+from refine_bench.models.lact import LaCTForCausalLM
+from refine_bench.models.zoo_configs import lact_tiny_config
 from refine_bench.train.config import RefineConfig
 from refine_bench.train.optimization import sequence_generator
 from refine_bench.train.refine import collect_rollouts, sequence_terms

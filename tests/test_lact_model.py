@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import save_file
 
 from refine_bench.errors import CheckpointError, UserInputError
-from refine_bench.models.lact import LaCTConfig, LaCTForCausalLM, lact_760m_config, lact_tiny_config
+from refine_bench.models.lact import LaCTConfig, LaCTForCausalLM
+from refine_bench.models.zoo_configs import lact_760m_config, lact_tiny_config
 
 VOCAB, CHUNK, WINDOW = 97, 8, 6
 

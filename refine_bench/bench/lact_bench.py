@@ -7,8 +7,8 @@ import torch
 
 from refine_bench.bench.decode import decode_speed
 from refine_bench.bench.timing import best_time
-from refine_bench.kernels.lact import init_lact_state, lact_flops, lact_swiglu
-from refine_bench.models.lact import LaCTForCausalLM, lact_tiny_config
+from refine_bench.kernels import init_lact_state, lact_flops, lact_swiglu
+from refine_bench.models.zoo import load_model
 
 
 @torch.no_grad()
@@ -29,9 +29,7 @@ def lact_update_gflops(T: int = 4096, chunk: int = 2048, heads: int = 4, d: int 
 def lact_bench(quick: bool = False) -> dict[str, float]:
     """The LaCT entries of `refine-bench bench kernels --json`: tiny LaCT, 4096-token prefix, 64 cached greedy
     tokens; the uncached side is timed over the first 16 of them (as the DeltaNet figure is)."""
-    torch.manual_seed(0)
-    model = LaCTForCausalLM(lact_tiny_config()).eval()
-    dec = decode_speed(model, prefix_len=1024 if quick else 4096, new_tokens=16 if quick else 64,
+    dec = decode_speed(load_model("lact-tiny"), prefix_len=1024 if quick else 4096, new_tokens=16 if quick else 64,
                        nocache_tokens=4 if quick else 16)
     return {
         "lact_cached_s_per_token": dec["cached_s_per_token"],

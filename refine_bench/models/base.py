@@ -1,9 +1,8 @@
-"""What every fast-weight causal LM of the project shares: the LM head and loss, generation plumbing,
-strict checkpoint loading, and state snapshots for REFINE.
+"""The causal LM every fast-weight model of the project is: the shared backbone (`models.backbone`) under
+`model.`, the LM head and loss, generation plumbing, strict checkpoint loading, state snapshots for REFINE and
+per-block activation checkpointing.
 
-A concrete model provides `self.model` (a backbone whose forward takes input_ids / inputs_embeds, the
-attention mask of the current tokens, a `FastWeightCache`, use_cache, output_hidden_states and returns
-(last_hidden, all_hidden or None, cache)) and `self.lm_head`.
+A concrete model is its config class and its token mixer class (see `models.backbone`), nothing more.
 """
 
 from __future__ import annotations
@@ -19,8 +18,10 @@ from transformers import PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from refine_bench.errors import UserInputError
+from refine_bench.models.backbone import FastWeightBackbone
 from refine_bench.models.cache import FastWeightCache
 from refine_bench.models.checkpoint import check_state_dict, load_state_dict, read_config_dict, rename_keys
+from refine_bench.models.layers import RMSNorm
 
 # transformers >= 5.2x names the output's cache `cache`; earlier releases call it `past_key_values`.
 _CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
@@ -36,14 +37,22 @@ class FastWeightLMOutput(CausalLMOutputWithPast):
 
 
 class FastWeightPreTrainedModel(PreTrainedModel):
-    """Base class: causal LM over a recurrent fast-weight backbone.
+    """Base class: causal LM over the shared recurrent backbone with the subclass's `mixer_class`.
 
     Concrete models list `GenerationMixin` directly among their bases (transformers checks direct bases).
     """
 
     base_model_prefix = "model"
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
+    mixer_class: type[nn.Module]
+    _no_split_modules = ["FastWeightBlock"]
     _checkpoint_renames: dict[str, str] = {}
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.model = FastWeightBackbone(config, self.mixer_class)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
 
     # transformers: the model builds its own cache, never a DynamicCache
     @classmethod
@@ -58,6 +67,44 @@ class FastWeightPreTrainedModel(PreTrainedModel):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, RMSNorm):
+            with torch.no_grad():
+                module.weight.fill_(1.0)
+        elif callable(getattr(module, "reset_fast_weights", None)):  # a mixer with its own initial fast weights
+            module.reset_fast_weights()
+
+    # activation checkpointing ---------------------------------------------------------------------------
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict[str, Any] | None = None,
+                                      **_: Any) -> None:
+        """Recompute each block's activations in the backward pass instead of storing them (transformers'
+        name; also `activation_checkpointing_enable`). Gradients stay exact, also through branched states.
+
+        gradient_checkpointing_kwargs go to `torch.utils.checkpoint.checkpoint`; only the non-reentrant
+        variant is supported (the reentrant one cannot take the nested cache entries).
+        """
+        if not self.supports_gradient_checkpointing:
+            raise UserInputError(f"{type(self).__name__} does not support activation checkpointing")
+        kwargs = dict(gradient_checkpointing_kwargs or {})
+        if kwargs.pop("use_reentrant", False):
+            raise UserInputError("activation checkpointing: use_reentrant=True is not supported (the blocks take "
+                                 "nested recurrent states); leave it unset")
+        self.model.checkpoint_kwargs = kwargs
+        self.model.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        """Store activations again (the default)."""
+        self.model.gradient_checkpointing = False
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: dict[str, Any] | None = None,
+                                        **kwargs: Any) -> None:
+        self.gradient_checkpointing_enable(activation_checkpointing_kwargs, **kwargs)
+
+    def activation_checkpointing_disable(self) -> None:
+        self.gradient_checkpointing_disable()
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return bool(self.model.gradient_checkpointing)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embeddings
@@ -127,12 +174,6 @@ class FastWeightPreTrainedModel(PreTrainedModel):
         out_cache = cache if use_cache else None
         extra = {} if _CACHE_FIELD == "cache" else {"past_key_values": out_cache}
         return FastWeightLMOutput(loss=loss, logits=logits, hidden_states=all_hidden, cache=out_cache, **extra)
-
-    @torch.no_grad()
-    def prefill(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None) -> FastWeightCache:
-        """Consume a prompt and return the cache (no logits kept beyond the last position)."""
-        out = self(input_ids=input_ids, attention_mask=attention_mask, use_cache=True, logits_to_keep=1)
-        return out.cache
 
     def forward_with_snapshots(
         self,

@@ -86,28 +86,6 @@ class FastWeightCache:
         idx = torch.as_tensor(indices, dtype=torch.long)
         return self.map(lambda t: t.index_select(0, idx.to(t.device)))
 
-    @staticmethod
-    def cat(caches: list[FastWeightCache]) -> FastWeightCache:
-        """Concatenate caches along the batch (all must have consumed the same number of tokens)."""
-        if not caches:
-            raise ValueError("cat needs at least one cache")
-        seen = {c.seen_tokens for c in caches}
-        if len(seen) != 1:
-            raise ValueError(f"caches consumed different numbers of tokens: {sorted(seen)}")
-        out = FastWeightCache(len(caches[0].layers), caches[0].seen_tokens)
-        out.layers = [_cat_values([c.layers[i] for c in caches]) for i in range(len(out.layers))]
-        return out
-
     def _apply_inplace(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
         self.layers = [_map(layer, fn) for layer in self.layers]
 
-
-def _cat_values(values: list[Any]) -> Any:
-    first = values[0]
-    if isinstance(first, torch.Tensor):
-        return torch.cat(values, dim=0)
-    if isinstance(first, tuple | list):
-        return type(first)(_cat_values([v[i] for v in values]) for i in range(len(first)))
-    if isinstance(first, dict):
-        return {k: _cat_values([v[k] for v in values]) for k in first}
-    return first

@@ -1,7 +1,8 @@
 """Strict checkpoint loading: safetensors by default, every key and shape accounted for.
 
 A checkpoint that does not match its model raises `CheckpointError` listing the missing, unexpected and
-mis-shaped keys; nothing is ever silently left at its random initialisation.
+mis-shaped keys; nothing is ever silently left at its random initialisation. An unreadable file (truncated,
+corrupt, not JSON) raises one naming the file and what is wrong with it.
 """
 
 from __future__ import annotations
@@ -19,31 +20,55 @@ SAFETENSORS_FILE = "model.safetensors"
 PICKLE_FILE = "pytorch_model.bin"
 
 
+def _read_json_object(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc}): the file is truncated or corrupt") from exc
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, got {type(value).__name__}")
+    return value
+
+
 def read_config_dict(directory: Path) -> dict:
     """The parsed config.json of a checkpoint directory."""
-    path = Path(directory) / "config.json"
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UserInputError(f"{directory} is not a checkpoint directory (config.json + model.safetensors)")
+    path = directory / "config.json"
     if not path.is_file():
         raise UserInputError(f"{directory} is not a model checkpoint: config.json is missing")
+    return _read_json_object(path)
+
+
+def load_safetensors_file(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of one safetensors file; an unreadable file raises CheckpointError naming it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserInputError(f"{path} is not valid JSON: {exc}") from exc
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({exc}): it is truncated or corrupt; "
+                              "save or download it again") from exc
 
 
 def load_state_dict(directory: Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
     """Read all weights of a checkpoint directory (single or sharded safetensors)."""
-    from safetensors.torch import load_file
-
     directory = Path(directory)
     index = directory / SAFETENSORS_INDEX
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        weight_map = _read_json_object(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index} has no 'weight_map' object")
         state: dict[str, torch.Tensor] = {}
-        for shard in shards:
-            state.update(load_file(str(directory / shard)))
+        for shard in sorted(set(weight_map.values())):
+            state.update(load_safetensors_file(directory / shard))
         return state
     if (directory / SAFETENSORS_FILE).is_file():
-        return load_file(str(directory / SAFETENSORS_FILE))
+        return load_safetensors_file(directory / SAFETENSORS_FILE)
     if (directory / PICKLE_FILE).is_file():
         if not allow_pickle:
             raise CheckpointError(
