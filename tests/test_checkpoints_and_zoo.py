@@ -11,7 +11,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from refine_bench.errors import CheckpointError, UserInputError
+from refine_bench.models import zoo
+from refine_bench.models.checkpoint import read_config_dict
 from refine_bench.models.deltanet import DeltaNetForCausalLM
+from refine_bench.models.hub import checkpoint_root
 from refine_bench.models.tokenizer import load_tiny_tokenizer
 from refine_bench.models.zoo import MODELS, count_parameters, load_model, load_tokenizer, save_checkpoint
 
@@ -112,8 +115,145 @@ def test_cli_unknown_model_exits_2_and_lists_names():
     assert "unknown model 'nope'" in res.stderr and "deltanet-tiny" in res.stderr
 
 
-def test_cli_models_lists_parameter_counts():
+def test_cli_models_lists_parameter_counts_and_hub_ids():
     res = run_cli("models")
     assert res.returncode == 0
-    line = next(ln for ln in res.stdout.splitlines() if ln.startswith("deltanet-1.3b"))
-    assert f"{count_parameters(MODELS['deltanet-1.3b']) / 1e6:,.1f}M" in line
+    lines = {ln.split()[0]: ln for ln in res.stdout.splitlines() if ln.strip()}
+    assert f"{count_parameters(MODELS['deltanet-1.3b']) / 1e6:,.1f}M" in lines["deltanet-1.3b"]
+    assert "hub: fla-hub/delta_net-1.3B-100B" in lines["deltanet-1.3b"]
+    assert "hub: YunjinZhang/lact_llm" in lines["lact-760m"]
+    assert "make small-models" in lines["deltanet-small"] and "seeded" in lines["lact-tiny"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# unreadable checkpoints and wrong paths: one line naming the file
+
+
+def test_cli_truncated_safetensors_exits_2_naming_the_file(tmp_path, small_deltanet):
+    save_checkpoint(small_deltanet, load_tiny_tokenizer(), tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    res = run_cli("eval", "--model", str(tmp_path), "--tasks", "niah_single_1", "--lengths", "1024", "--limit", "1")
+    assert res.returncode == 2
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and str(weights) in lines[0] and "truncated or corrupt" in lines[0]
+
+
+def shard_index(directory, weight_map):
+    """Turn a single-file checkpoint into a sharded one with the given index."""
+    (directory / "model.safetensors").rename(directory / "model-00001.safetensors")
+    (directory / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+
+
+@pytest.mark.parametrize(
+    "damage,file,expected",
+    [
+        (lambda d: (d / "model.safetensors").write_bytes(b"not a safetensors file" * 4), "model.safetensors",
+         "not a readable safetensors file"),
+        (lambda d: (d / "model.safetensors").write_bytes(b""), "model.safetensors", "truncated or corrupt"),
+        (lambda d: (d / "config.json").write_text('{"model_type": "delta_'), "config.json", "not valid JSON"),
+        (lambda d: (d / "config.json").write_text("[1, 2]"), "config.json", "must hold a JSON object"),
+        (lambda d: shard_index(d, {"a": "model-00002.safetensors"}), "model-00002.safetensors", "is missing"),
+    ],
+    ids=["garbage", "empty", "truncated-json", "json-list", "missing-shard"],
+)
+def test_unreadable_checkpoint_files_are_named(tmp_path, small_deltanet, damage, file, expected):
+    save_checkpoint(small_deltanet, load_tiny_tokenizer(), tmp_path)
+    damage(tmp_path)
+    with pytest.raises(CheckpointError) as err:
+        load_model(tmp_path)
+    assert str(tmp_path / file) in str(err.value) and expected in str(err.value)
+
+
+def test_a_file_or_a_folder_without_config_is_not_a_model(tmp_path, small_deltanet):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(UserInputError, match=r"notes.txt is a file, not a model"):
+        load_model(text)
+    save_checkpoint(small_deltanet, load_tiny_tokenizer(), tmp_path / "ckpt")
+    with pytest.raises(UserInputError, match=r"is a file, not a model.*pass its folder .*ckpt"):
+        load_model(tmp_path / "ckpt" / "model.safetensors")
+    (tmp_path / "ckpt" / "config.json").unlink()
+    with pytest.raises(UserInputError, match=r"ckpt is not a model checkpoint: config.json is missing"):
+        load_model(tmp_path / "ckpt")
+    with pytest.raises(UserInputError, match="does not exist"):
+        load_model(tmp_path / "nowhere")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# shipped models
+
+
+def test_shipped_model_without_its_files_names_the_file_and_the_rebuild_command(tmp_path, monkeypatch):
+    monkeypatch.setattr(zoo, "ASSETS_ROOT", tmp_path)  # a checkout where `make small-models` has not run
+    for name in ("deltanet-small", "lact-small"):
+        assert MODELS[name].shipped and MODELS[name].hub_id is None
+        for load in (load_model, load_tokenizer):
+            with pytest.raises(CheckpointError) as err:
+                load(name)
+            assert str(tmp_path / name / "config.json") in str(err.value)
+            assert "rebuild it with `make small-models`" in str(err.value)
+
+
+def test_shipped_model_loads_and_a_corrupt_one_names_the_file_and_the_rebuild_command(tmp_path, monkeypatch):
+    monkeypatch.setattr(zoo, "ASSETS_ROOT", tmp_path)
+    entry = MODELS["deltanet-small"]
+    model = load_model("deltanet-small", random_init=True, seed=4)
+    save_checkpoint(model, load_tiny_tokenizer(), tmp_path / "deltanet-small")
+    loaded = load_model("deltanet-small")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    assert load_tokenizer("deltanet-small")("needle", add_special_tokens=False).input_ids == \
+        load_tiny_tokenizer()("needle", add_special_tokens=False).input_ids
+    weights = tmp_path / "deltanet-small" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError) as err:
+        load_model("deltanet-small")
+    assert str(weights) in str(err.value) and f"rebuild it with `{entry.rebuild_command}`" in str(err.value)
+    (tmp_path / "deltanet-small" / "tokenizer.json").write_text("{")
+    with pytest.raises(CheckpointError, match="tokenizer files .* cannot be read.*make small-models"):
+        load_tokenizer("deltanet-small")
+
+
+@pytest.mark.parametrize("name", ["deltanet-small", "lact-small"])
+def test_shipped_config_matches_the_zoo_architecture(name):
+    entry = MODELS[name]
+    if zoo.missing_shipped_files(entry):
+        pytest.skip(f"{name} is not built in this checkout (make small-models)")
+    shipped = entry.model_class.config_class.from_dict(read_config_dict(zoo.shipped_dir(entry))).to_dict()
+    ours = entry.make_config().to_dict()
+    ignore = {"architectures", "dtype", "transformers_version", "_name_or_path"}
+    assert {k: v for k, v in shipped.items() if k not in ignore} == {k: v for k, v in ours.items() if k not in ignore}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# hub checkpoints
+
+
+def test_lact_760m_resolves_to_the_papers_hub_checkpoint_and_offline_says_how_to_pass_a_copy(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    entry = MODELS["lact-760m"]
+    assert entry.hub_id == "YunjinZhang/lact_llm" and entry.tokenizer is None
+    assert entry.fallback_tokenizer == "fla-hub/transformer-1.3B-100B"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    for load in (load_model, load_tokenizer):
+        with pytest.raises(UserInputError) as err:
+            load("lact-760m")
+        message = str(err.value)
+        assert "cannot fetch 'YunjinZhang/lact_llm'" in message
+        assert "huggingface-cli download YunjinZhang/lact_llm --local-dir DIR" in message and "--model DIR" in message
+
+
+def test_checkpoint_root_in_a_hub_snapshot(tmp_path):
+    (tmp_path / "a").mkdir()
+    with pytest.raises(UserInputError, match="holds no config.json"):
+        checkpoint_root(tmp_path, "x/y")
+    (tmp_path / "a" / "config.json").write_text("{}")
+    assert checkpoint_root(tmp_path, "x/y") == tmp_path / "a"
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "config.json").write_text("{}")
+    with pytest.raises(UserInputError, match=r"several checkpoints \(a, b\).*--model .*/NAME"):
+        checkpoint_root(tmp_path, "x/y")
+    (tmp_path / "config.json").write_text("{}")
+    assert checkpoint_root(tmp_path, "x/y") == tmp_path

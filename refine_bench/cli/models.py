@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 from refine_bench.cli.output import print_table
-from refine_bench.models.zoo import count_parameters, list_models
+from refine_bench.models.zoo import count_parameters, list_models, missing_shipped_files
+
+
+def _weights(entry) -> str:  # noqa: ANN001 - a ZooEntry
+    if entry.shipped and missing_shipped_files(entry):
+        return f"shipped, not built (`{entry.rebuild_command}`)"
+    return entry.weights
 
 
 def models_command() -> None:
-    """List the zoo: name, family, parameter count, released weights, description."""
+    """List the zoo: name, family, parameter count, where the weights come from (hub id), description."""
     rows = [
         {
             "name": e.name,
             "family": e.family,
             "params": f"{count_parameters(e) / 1e6:,.1f}M",
-            "weights": "random init (seeded)" if e.seeded_init else e.hub_id or "local checkpoint only",
+            "weights": _weights(e),
             "description": e.description,
         }
         for e in list_models()

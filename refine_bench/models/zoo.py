@@ -38,6 +38,7 @@ from refine_bench.models.zoo_configs import (
 TINY_TOKENIZER = "tiny"
 SMALL_MODELS_COMMAND = "make small-models"
 SHIPPED_FILES = ("config.json", SAFETENSORS_FILE, "tokenizer.json")
+ASSETS_ROOT = Path(str(resources.files("refine_bench.models").joinpath("assets")))  # <name>/ per shipped model
 
 
 @dataclass(frozen=True)
@@ -111,16 +112,20 @@ def count_parameters(entry: ZooEntry) -> int:
 
 def shipped_dir(entry: ZooEntry) -> Path:
     """Where a shipped model's files live inside the package."""
-    return Path(str(resources.files("refine_bench.models").joinpath("assets", entry.name)))
+    return ASSETS_ROOT / entry.name
+
+
+def missing_shipped_files(entry: ZooEntry) -> list[Path]:
+    """The files a shipped model still lacks (all of them before `rebuild_command` has run)."""
+    return [shipped_dir(entry) / name for name in SHIPPED_FILES if not (shipped_dir(entry) / name).is_file()]
 
 
 def _shipped_checkpoint(entry: ZooEntry) -> Path:
-    directory = shipped_dir(entry)
-    for name in SHIPPED_FILES:
-        if not (directory / name).is_file():
-            raise CheckpointError(f"{entry.name}: {directory / name} is missing (the shipped model is not built "
-                                  f"in this checkout); rebuild it with `{entry.rebuild_command}`")
-    return directory
+    missing = missing_shipped_files(entry)
+    if missing:
+        raise CheckpointError(f"{entry.name}: {missing[0]} is missing (the shipped model is not built in this "
+                              f"checkout); rebuild it with `{entry.rebuild_command}`")
+    return shipped_dir(entry)
 
 
 def weights_directory(entry: ZooEntry) -> Path:
