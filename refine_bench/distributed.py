@@ -37,21 +37,20 @@ class DistContext:
         """The indices 0..n-1 this rank handles (round-robin)."""
         return range(self.rank, n, self.world_size)
 
-    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Sum `tensor` over ranks in place (moved to the collective's device and back when needed)."""
-        if self.enabled:
+    def _all_reduce(self, tensor: torch.Tensor, op) -> torch.Tensor:
+        if self.enabled:  # moved to the collective's device and back when needed
             moved = tensor.to(self.device)
-            dist.all_reduce(moved, op=dist.ReduceOp.SUM)
+            dist.all_reduce(moved, op=op)
             tensor.copy_(moved)
         return tensor
 
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum `tensor` over ranks, in place."""
+        return self._all_reduce(tensor, dist.ReduceOp.SUM)
+
     def all_reduce_max(self, tensor: torch.Tensor) -> torch.Tensor:
         """Maximum of `tensor` over ranks, in place."""
-        if self.enabled:
-            moved = tensor.to(self.device)
-            dist.all_reduce(moved, op=dist.ReduceOp.MAX)
-            tensor.copy_(moved)
-        return tensor
+        return self._all_reduce(tensor, dist.ReduceOp.MAX)
 
     def broadcast_object(self, value):
         """Rank 0's `value` on every rank."""
