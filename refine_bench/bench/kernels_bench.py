@@ -24,7 +24,12 @@ def _delta_inputs(B: int, T: int, H: int, D: int, requires_grad: bool, seed: int
 
 
 def delta_rule_speed(T: int = 2048, H: int = 4, D: int = 64, B: int = 1) -> dict[str, float]:
-    """Forward+backward seconds of both delta-rule paths, and the chunked forward's effective GFLOP/s."""
+    """Forward+backward seconds of both delta-rule paths, and the chunked kernel's effective GFLOP/s: forward
+    alone, and forward+backward.
+
+    Effective flops are those of the recurrent form, whatever the kernel really executes: 6 * K * V per token
+    and head forward (S^T k, the rank-1 update, S^T q), twice that backward.
+    """
     inputs = _delta_inputs(B, T, H, D, requires_grad=True)
 
     def fwd_bwd(kernel):
@@ -37,13 +42,13 @@ def delta_rule_speed(T: int = 2048, H: int = 4, D: int = 64, B: int = 1) -> dict
     recurrent_s = best_time(fwd_bwd(delta_rule_recurrent), repeats=1, warmup=0)
     with torch.no_grad():
         fwd_s = best_time(lambda: delta_rule_chunked(*inputs), repeats=5)
-    # 6 * K * V flops per token and head in the recurrent form: S^T k, the rank-1 update, S^T q.
     flops = 6 * B * H * T * D * D
     return {
         "delta_rule_chunk_fwd_bwd_s": chunk_s,
         "delta_rule_recurrent_fwd_bwd_s": recurrent_s,
         "chunk_vs_recurrent_speedup": recurrent_s / chunk_s,
         "kernel_gflops": flops / fwd_s / 1e9,
+        "delta_rule_fwd_bwd_gflops": 3 * flops / chunk_s / 1e9,
     }
 
 
@@ -51,6 +56,9 @@ def run_kernel_bench(quick: bool = False) -> dict[str, float]:
     """All kernel-level figures: delta rule, DeltaNet decoding, and LaCT's (see `lact_bench`)."""
     results: dict[str, float] = {"matmul_peak_gflops": matmul_peak_gflops()}
     results.update(delta_rule_speed(T=512 if quick else 2048))
+    # both sides of each fraction come from this run: machine noise affects them alike
+    results["kernel_peak_fraction"] = results["kernel_gflops"] / results["matmul_peak_gflops"]
+    results["delta_rule_fwd_bwd_peak_fraction"] = results["delta_rule_fwd_bwd_gflops"] / results["matmul_peak_gflops"]
     dec = decode_speed(load_model("deltanet-tiny"), prefix_len=1024 if quick else 4096,
                        new_tokens=16 if quick else 64, nocache_tokens=4 if quick else 16)
     results.update({f"deltanet_{k}": v for k, v in dec.items() if k not in ("speedup", "same_tokens")})

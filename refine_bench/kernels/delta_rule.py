@@ -56,19 +56,17 @@ def delta_rule_recurrent(
     """
     (B, T, H, K, V), scale, S = _start(q, k, v, beta, initial_state, scale)
     with autocast_off(q.device):
-        # row vectors [B*H, 1, K] / [B*H, 1, V] per token: batched matmuls cost less per token than einsum
-        qf = (q.float() * scale).transpose(1, 2).reshape(B * H, T, 1, K)
-        kf = k.float().transpose(1, 2).reshape(B * H, T, 1, K)
-        b = beta.float().transpose(1, 2).reshape(B * H, T, 1, 1)
-        bk, bv = b * kf, b * v.float().transpose(1, 2).reshape(B * H, T, 1, V)
-        S = S.reshape(B * H, K, V)
+        qf, kf, vf, bf = q.float() * scale, k.float(), v.float(), beta.float()
         outs = []
         for t in range(T):
-            # S + k^T beta (v - k S) = S + k^T (beta v - (beta k) S)
-            S = torch.baddbmm(S, kf[:, t].transpose(1, 2), torch.baddbmm(bv[:, t], bk[:, t], S, alpha=-1))
-            outs.append(torch.bmm(qf[:, t], S))
-        o = torch.cat(outs, dim=1) if outs else S.new_zeros(B * H, 0, V)
-        return o.view(B, H, T, V).transpose(1, 2).to(q.dtype), S.view(B, H, K, V)
+            # Broadcast products and sums, not matmuls: a [1, K] x [K, V] product per head is all a token
+            # needs, and batched matmuls that small cost more (much more with several threads on a busy CPU).
+            k_t = kf[:, t, :, :, None]  # [B, H, K, 1]
+            u = (vf[:, t] - (k_t * S).sum(-2)) * bf[:, t, :, None]  # beta (v - S^T k)  [B, H, V]
+            S = torch.addcmul(S, k_t, u[:, :, None, :])
+            outs.append((qf[:, t, :, :, None] * S).sum(-2))
+        o = torch.stack(outs, dim=1) if outs else S.new_zeros(B, 0, H, V)
+        return o.to(q.dtype), S
 
 
 class _UnitLowerInverse(torch.autograd.Function):
@@ -92,35 +90,40 @@ class _UnitLowerInverse(torch.autograd.Function):
             return torch.tril(-(it @ grad @ it), -1)
 
 
-class _StateScan(torch.autograd.Function):
-    """The chunk-to-chunk recurrence S_{n+1} = M_n S_n + D_n (M [N, G, K, K], D [N, G, K, V], S_0 [G, K, V]).
+class _ChunkRecurrence(torch.autograd.Function):
+    """The sequential part of the chunked delta rule, chunk by chunk (all [N, G, ...], G = batch x heads):
+    u_n = U_n - W_n S_n and S_{n+1} = S_n + K_n^T u_n, from S_0 [G, K, V].
 
-    Returns every state [N + 1, G, K, V]. This is the only sequential part of the chunked delta rule: one
-    batched matmul per chunk forward, two backward, written by hand to keep the autograd graph to one node.
+    Returns u [N, G, C, V] and every state [N + 1, G, K, V]. Two batched matmuls per chunk forward, four
+    backward, written by hand so that the autograd graph holds one node instead of two per chunk.
     """
 
     @staticmethod
-    def forward(ctx, M: torch.Tensor, D: torch.Tensor, S0: torch.Tensor) -> torch.Tensor:
-        states = S0.new_empty(M.shape[0] + 1, *S0.shape)
+    def forward(ctx, W: torch.Tensor, U: torch.Tensor, Kt: torch.Tensor, S0: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        states = S0.new_empty(W.shape[0] + 1, *S0.shape)
+        u = torch.empty_like(U)
         states[0] = S0
-        for n in range(M.shape[0]):
-            torch.baddbmm(D[n], M[n], states[n], out=states[n + 1])
-        ctx.save_for_backward(M, states)
-        return states
+        for n in range(W.shape[0]):
+            torch.baddbmm(U[n], W[n], states[n], alpha=-1, out=u[n])
+            torch.baddbmm(states[n], Kt[n], u[n], out=states[n + 1])
+        ctx.save_for_backward(W, Kt, states, u)
+        return u, states
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        M, states = ctx.saved_tensors
-        grad_M = torch.empty_like(M)
-        grad_D = torch.empty_like(states[1:])
-        carry = grad[-1].clone()  # the gradient reaching S_{n+1}
-        with autocast_off(grad.device):
-            for n in range(M.shape[0] - 1, -1, -1):
-                grad_D[n] = carry
-                torch.bmm(carry, states[n].transpose(-1, -2), out=grad_M[n])
-                carry = torch.baddbmm(grad[n], M[n].transpose(-1, -2), carry)
-        return grad_M, grad_D, carry
+    def backward(ctx, grad_u: torch.Tensor, grad_states: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        W, Kt, states, u = ctx.saved_tensors
+        grad_W, grad_U, grad_Kt = torch.empty_like(W), torch.empty_like(u), torch.empty_like(Kt)
+        carry = grad_states[-1].clone()  # the whole gradient reaching S_{n+1}
+        with autocast_off(carry.device):
+            for n in range(W.shape[0] - 1, -1, -1):
+                torch.baddbmm(grad_u[n], Kt[n].transpose(-1, -2), carry, out=grad_U[n])  # = grad of u_n
+                torch.bmm(carry, u[n].transpose(-1, -2), out=grad_Kt[n])
+                torch.bmm(grad_U[n], states[n].transpose(-1, -2), out=grad_W[n]).neg_()
+                carry = torch.baddbmm(carry + grad_states[n], W[n].transpose(-1, -2), grad_U[n], alpha=-1)
+        return grad_W, grad_U, grad_Kt, carry
 
 
 # Same signature as delta_rule_recurrent on purpose (as in fla): the two are interchangeable.
@@ -136,9 +139,9 @@ def delta_rule_chunked(
     """Chunked delta rule via the WY/UT transform; same result as `delta_rule_recurrent`.
 
     Per chunk of C tokens with state S at its start: T = (I + tril(diag(beta) K K^T, -1))^-1, W = T diag(beta) K,
-    U = T diag(beta) V; then o = QK U + (Q - QK W) S with QK = tril(Q K^T), and the next state is
-    (I - K^T W) S + K^T U. Everything but that last recurrence is one batched matmul over all chunks. A ragged
-    tail is padded with beta = 0, which leaves the state unchanged.
+    U = T diag(beta) V, u = U - W S; then o = Q S + tril(Q K^T) u and the next state is S + K^T u. Only u and
+    the state pass are sequential (`_ChunkRecurrence`); everything else is one batched matmul over all chunks.
+    A ragged tail is padded with beta = 0, which leaves the state unchanged.
     """
     (B, T, H, K, V), scale, S = _start(q, k, v, beta, initial_state, scale)
     if not isinstance(chunk_size, int) or chunk_size <= 0:
@@ -159,12 +162,10 @@ def delta_rule_chunked(
         k_beta = kf * bf
         t_inv = _UnitLowerInverse.apply(torch.bmm(k_beta, kt))
         W, U = torch.bmm(t_inv, k_beta), torch.bmm(t_inv, vf * bf)
+        u, states = _ChunkRecurrence.apply(W.view(N, G, C, K), U.view(N, G, C, V), kt.reshape(N, G, K, C),
+                                           S.reshape(G, K, V))
         QK = torch.bmm(qf, kt).tril_()
-        eye = torch.eye(K, device=q.device, dtype=torch.float32)
-        M = torch.baddbmm(eye, kt, W, alpha=-1)
-        states = _StateScan.apply(M.view(N, G, K, K), torch.bmm(kt, U).view(N, G, K, V), S.reshape(G, K, V))
-        q_rest = torch.baddbmm(qf, QK, W, alpha=-1)
-        o = torch.baddbmm(torch.bmm(QK, U), q_rest, states[:N].reshape(N * G, K, V))
+        o = torch.baddbmm(torch.bmm(QK, u.view(N * G, C, V)), qf, states[:N].reshape(N * G, K, V))
         o = o.view(N, B, H, C, V).permute(1, 0, 3, 2, 4).reshape(B, N * C, H, V)[:, :T]
         return o.to(q.dtype), states[N].view(B, H, K, V)
 
@@ -194,6 +195,7 @@ def delta_rule(
         from fla.ops.delta_rule import chunk_delta_rule, fused_recurrent_delta_rule
 
         state = None if initial_state is None else initial_state.float()
+        q, k, v = (x.contiguous() for x in (q, k, v))
         if mode == "chunk" and q.dtype != torch.float32:
             o, final = chunk_delta_rule(q, k, v, beta.to(q.dtype), scale=scale, initial_state=state,
                                         output_final_state=True)

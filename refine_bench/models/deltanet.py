@@ -68,19 +68,18 @@ class DeltaNetConfig(FastWeightConfig):
 
 
 class ShortConv(nn.Module):
-    """Depthwise causal convolution weight [C, 1, W] (fla's `*_conv1d.weight`)."""
+    """Depthwise causal convolution weight [C, 1, W] (fla's `*_conv1d.weight`); the mixer runs q, k and v
+    through one convolution over their concatenated channels."""
 
     def __init__(self, channels: int, width: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(channels, 1, width))
         nn.init.kaiming_uniform_(self.weight, a=5**0.5)
 
-    def forward(self, x: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        return causal_depthwise_conv1d(x, self.weight, state, activation="silu")
-
 
 class DeltaNetAttention(nn.Module):
-    """The DeltaNet token mixer; its cache entry is {'recurrent_state', 'conv_state': (q, k, v)}."""
+    """The DeltaNet token mixer; its cache entry is {'recurrent_state' [B, H, K, V], 'conv_state': the short
+    convolution's last inputs [B, 2 key_dim + value_dim, conv_size - 1] (q, k, v channels in that order)}."""
 
     def __init__(self, config: DeltaNetConfig, layer_idx: int) -> None:
         super().__init__()
@@ -111,23 +110,22 @@ class DeltaNetAttention(nn.Module):
         self, x: torch.Tensor, mask: torch.Tensor | None, state: dict | None
     ) -> tuple[torch.Tensor, dict]:
         B, T, _ = x.shape
-        q_in, k_in, v_in = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        H, key_dim = self.num_heads, self.key_dim
+        qkv = torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1)
         # The kernels' input dtype: the projections' (under autocast the autocast dtype, not x's).
-        dtype = q_in.dtype
+        dtype = qkv.dtype
         beta = self.b_proj(x).float().sigmoid()
         if mask is not None:
             # Padded positions feed zeros to the convolutions and beta = 0 to the delta rule, so the state
             # after a left-padded prompt equals the state after the unpadded one.
-            m = mask[:, :, None].to(dtype)
-            q_in, k_in, v_in = q_in * m, k_in * m, v_in * m
-            beta = beta * m.float()
-        conv_q, conv_k, conv_v = state["conv_state"] if state is not None else (None, None, None)
-        q, conv_q = self.q_conv1d(q_in, conv_q)
-        k, conv_k = self.k_conv1d(k_in, conv_k)
-        v, conv_v = self.v_conv1d(v_in, conv_v)
-        q = l2_normalize(q.view(B, T, self.num_heads, self.head_k_dim)).to(dtype)
-        k = l2_normalize(k.view(B, T, self.num_heads, self.head_k_dim)).to(dtype)
-        v = v.view(B, T, self.num_heads, self.head_v_dim)
+            qkv = qkv * mask[:, :, None].to(dtype)
+            beta = beta * mask[:, :, None].float()
+        conv_weight = torch.cat([self.q_conv1d.weight, self.k_conv1d.weight, self.v_conv1d.weight])
+        qkv, conv_state = causal_depthwise_conv1d(qkv, conv_weight, state["conv_state"] if state else None,
+                                                  activation="silu")
+        qk = l2_normalize(qkv[..., : 2 * key_dim].view(B, T, 2 * H, self.head_k_dim)).to(dtype)
+        q, k = qk[:, :, :H], qk[:, :, H:]
+        v = qkv[..., 2 * key_dim :].view(B, T, H, self.head_v_dim)
         o, recurrent_state = delta_rule(
             q, k, v, beta.to(dtype) if dtype != torch.float32 else beta,
             state["recurrent_state"] if state is not None else None,
@@ -135,7 +133,7 @@ class DeltaNetAttention(nn.Module):
             chunk_size=self.config.chunk_size,
         )
         o = self.o_norm(o).reshape(B, T, self.value_dim)
-        new_state = {"recurrent_state": recurrent_state, "conv_state": (conv_q, conv_k, conv_v)}
+        new_state = {"recurrent_state": recurrent_state, "conv_state": conv_state}
         return self.o_proj(o), new_state
 
 
