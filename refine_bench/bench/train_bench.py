@@ -11,9 +11,9 @@ Speed (every ratio measured in the same process, same batch, one optimisation pa
   over the same run's float32 matmul peak.
 
 Memory: peak bytes of one REFINE mid-training step (activation checkpointing, bf16 autocast, float32 master
-weights, AdamW state), measured with torch's MemTracker at reduced depth and length and extrapolated with
-peak = a + b*L + c*T + d*L*T to the full model at 16,384 tokens; on CUDA, torch.cuda.max_memory_allocated of
-the real step instead.
+weights, AdamW state), measured at two depths and two lengths and extrapolated with peak = a + b*L + c*T + d*L*T
+to the full model at 16,384 tokens: the process's peak resident memory on a CPU (each point in a fresh process),
+the allocator's peak on CUDA; `--real` measures the full model on a GPU instead.
 """
 
 from __future__ import annotations
@@ -124,7 +124,8 @@ def run_train_bench(quick: bool = False) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------------ memory
 def refine_step_peak_bytes(model: torch.nn.Module, seq_len: int, device: str) -> int:
     """Peak bytes of one REFINE mid-training step on one sequence (checkpointing, bf16 autocast, fp32 master
-    weights, AdamW state): MemTracker on the CPU, the allocator's peak on CUDA."""
+    weights, AdamW state). On CUDA the allocator's peak; on the CPU the process's peak resident memory above
+    what it held before the model was built (run it in a fresh process: `_cpu_point`)."""
     model.gradient_checkpointing_enable()
     cfg = TrainConfig(arm="refine", phase="mid", steps=1, batch_size=1, mini_batch_size=1, seq_len=seq_len,
                       precision="bf16")
@@ -132,22 +133,35 @@ def refine_step_peak_bytes(model: torch.nn.Module, seq_len: int, device: str) ->
     items = [Example(torch.randint(3, vocab, (seq_len,), generator=torch.Generator().manual_seed(0)).to(device))]
     engine = DataParallel(model, None, DistContext())
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
-
-    def step():
-        optimize_items(engine, optimizer, cfg, items, with_rl=True, step=0, precision="bf16")
-
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-        step()
+    optimize_items(engine, optimizer, cfg, items, with_rl=True, step=0, precision="bf16")
+    if device.startswith("cuda"):
         torch.cuda.synchronize()
         return int(torch.cuda.max_memory_allocated())
-    from torch.distributed._tools.mem_tracker import MemTracker
+    return _peak_rss_bytes()
 
-    tracker = MemTracker()
-    tracker.track_external(model, optimizer)
-    with tracker:
-        step()
-    return int(tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"])
+
+def _peak_rss_bytes() -> int:
+    """This process's peak resident set size (VmHWM), in bytes."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+
+
+def _cpu_point(name: str, layers: int, seq_len: int) -> int:
+    """The CPU peak of one (depth, length) point, measured in a fresh interpreter (peak RSS never goes down)."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, torch; from refine_bench.bench import train_bench as b; base = b._peak_rss_bytes(); "
+            f"m = b._reduced({name!r}, {layers}); "
+            f"print(json.dumps(b.refine_step_peak_bytes(m, {seq_len}, 'cpu') - base))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
 def _reduced(name: str, layers: int):
@@ -166,9 +180,10 @@ def extrapolated_peak_gib(name: str, layers: tuple[int, int] = (1, 2), lengths: 
     peaks = {}
     for L in layers:
         for T in lengths:
-            model = _reduced(name, L).to(device)
-            peaks[(L, T)] = refine_step_peak_bytes(model, T, device)
-            del model
+            if device.startswith("cuda"):
+                peaks[(L, T)] = refine_step_peak_bytes(_reduced(name, L).to(device), T, device)
+            else:
+                peaks[(L, T)] = _cpu_point(name, L, T)
     (l0, l1), (t0, t1) = layers, lengths
     d = (peaks[(l1, t1)] - peaks[(l1, t0)] - peaks[(l0, t1)] + peaks[(l0, t0)]) / ((l1 - l0) * (t1 - t0))
     b = (peaks[(l1, t0)] - peaks[(l0, t0)]) / (l1 - l0) - d * t0
