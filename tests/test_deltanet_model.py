@@ -8,6 +8,12 @@ import torch
 from refine_bench.models.cache import FastWeightCache
 from refine_bench.models.deltanet import DeltaNetConfig
 from tests.conftest import small_deltanet_config
+from tests.model_contract import (
+    check_branch_gradient,
+    check_cached_generation,
+    check_left_padded_generation,
+    check_snapshots,
+)
 
 
 def ids(B=2, T=30, vocab=97, seed=0):
@@ -25,76 +31,21 @@ def test_forward_in_two_pieces_equals_one(small_deltanet, t):
     assert b.cache.get_seq_length() == x.shape[1]
 
 
-def greedy_by_full_forwards(model, x, n):
-    seq = x
-    with torch.no_grad():
-        for _ in range(n):
-            nxt = model(seq).logits[:, -1].argmax(-1, keepdim=True)
-            seq = torch.cat([seq, nxt], 1)
-    return seq
-
-
 def test_cached_generate_equals_argmax_of_full_forwards_and_feeds_one_token_per_step(small_deltanet):
-    x = ids(T=20)
-    seen_lengths = []
-    hook = small_deltanet.model.register_forward_pre_hook(
-        lambda mod, args, kwargs: seen_lengths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
-    )
-    try:
-        out = small_deltanet.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=12, do_sample=False)
-    finally:
-        hook.remove()
-    assert seen_lengths[0] == 20 and set(seen_lengths[1:]) == {1}
-    assert torch.equal(out, greedy_by_full_forwards(small_deltanet, x, 12))
+    check_cached_generation(small_deltanet, ids(T=20), 12)
 
 
 def test_left_padded_batch_generates_like_each_row_alone(small_deltanet):
-    short, long = ids(B=1, T=9, seed=1), ids(B=1, T=15, seed=2)
-    pad = small_deltanet.config.pad_token_id
-    batch = torch.cat([torch.cat([torch.full((1, 6), pad), short], 1), long], 0)
-    mask = torch.cat([torch.cat([torch.zeros(1, 6), torch.ones(1, 9)], 1), torch.ones(1, 15)], 0).long()
-    out = small_deltanet.generate(batch, attention_mask=mask, max_new_tokens=10, do_sample=False)
-    assert torch.equal(out[0, 6:], greedy_by_full_forwards(small_deltanet, short, 10)[0])
-    assert torch.equal(out[1], greedy_by_full_forwards(small_deltanet, long, 10)[0])
+    check_left_padded_generation(small_deltanet, ids(B=1, T=9, seed=1), ids(B=1, T=15, seed=2), 10)
 
 
 def test_snapshots_equal_prefix_states_and_full_logits(small_deltanet):
-    x = ids(T=40)
-    positions = [5, 17, 33]
-    with torch.no_grad():
-        logits, hidden, snaps = small_deltanet.forward_with_snapshots(x, positions)
-        full = small_deltanet(x, output_hidden_states=True)
-    torch.testing.assert_close(logits, full.logits, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(hidden, full.hidden_states[-1], atol=1e-5, rtol=1e-5)
-    for p, snap in zip(positions, snaps, strict=True):
-        with torch.no_grad():
-            ref = small_deltanet(x[:, :p], use_cache=True).cache
-        assert snap.get_seq_length() == p
-        for layer, ref_layer in zip(snap.layers, ref.layers, strict=True):
-            torch.testing.assert_close(layer["recurrent_state"], ref_layer["recurrent_state"], atol=1e-5, rtol=1e-5)
+    check_snapshots(small_deltanet, ids(T=40), [5, 17, 33],
+                    lambda cache: [layer["recurrent_state"] for layer in cache.layers])
 
 
 def test_branch_gradient_flows_into_prefix_and_matches_unsplit_computation(small_deltanet):
-    """A loss on tokens decoded from a branched snapshot gives the same gradients as one pass over
-    prefix + continuation: the branch keeps the autograd graph to the prefix's fast-weight state."""
-    x = ids(B=1, T=24)
-    cont = ids(B=1, T=5, seed=3)
-    p = 16
-    params = dict(small_deltanet.named_parameters())
-
-    small_deltanet.zero_grad()
-    _, _, (snap,) = small_deltanet.forward_with_snapshots(x[:, :p], [p])
-    branches = snap.repeat_interleave(2)
-    out = small_deltanet(cont.repeat(2, 1), cache=branches, use_cache=True)
-    (out.logits.float().logsumexp(-1).sum() / 2).backward()
-    split_grads = {k: v.grad.clone() for k, v in params.items()}
-
-    small_deltanet.zero_grad()
-    out = small_deltanet(torch.cat([x[:, :p], cont], 1))
-    out.logits[:, p:].float().logsumexp(-1).sum().backward()
-    assert split_grads["model.layers.0.attn.k_proj.weight"].abs().sum() > 0
-    for k, v in params.items():
-        torch.testing.assert_close(split_grads[k], v.grad, atol=1e-5, rtol=1e-4, msg=k)
+    check_branch_gradient(small_deltanet, ids(B=1, T=16), ids(B=1, T=5, seed=3), "model.layers.0.attn.k_proj.weight")
 
 
 def test_detached_snapshot_blocks_the_gradient(small_deltanet):
@@ -126,3 +77,25 @@ def test_unsupported_config_option_is_named():
         DeltaNetConfig(use_gate=True)
     with pytest.raises(ValueError, match="divisible by num_heads"):
         small_deltanet_config(num_heads=3)
+
+
+def test_fused_decode_step_equals_the_general_path(small_deltanet):
+    """A single token continuing a cache takes the fused step; a hook on a projection forces the general path
+    (hooks must see their module called). Both give the same logits and state, in fp32 and in bf16."""
+    for model in (small_deltanet, small_deltanet.to(torch.bfloat16)):
+        x = ids(B=2, T=21)
+        with torch.no_grad():
+            cache = model(x[:, :20], use_cache=True).cache
+            fused = model(x[:, 20:], cache=cache.clone(), use_cache=True)
+            calls: list[int] = []
+            hook = model.model.layers[0].attn.q_proj.register_forward_hook(lambda *_, seen=calls: seen.append(1))
+            try:
+                general = model(x[:, 20:], cache=cache.clone(), use_cache=True)
+            finally:
+                hook.remove()
+        assert calls == [1]
+        tol = 1e-5 if model.dtype == torch.float32 else 5e-2  # bf16: an ulp at the logits' magnitude
+        torch.testing.assert_close(fused.logits, general.logits, atol=tol, rtol=tol)
+        for a, b in zip(fused.cache.layers, general.cache.layers, strict=True):
+            for key in a:
+                torch.testing.assert_close(a[key], b[key], atol=tol, rtol=tol, msg=key)

@@ -12,6 +12,13 @@ from safetensors.torch import save_file
 from refine_bench.errors import CheckpointError, UserInputError
 from refine_bench.models.lact import LaCTConfig, LaCTForCausalLM
 from refine_bench.models.zoo_configs import lact_760m_config, lact_tiny_config
+from tests.model_contract import (
+    check_branch_gradient,
+    check_cached_generation,
+    check_left_padded_generation,
+    check_snapshots,
+    left_padded_pair,
+)
 
 VOCAB, CHUNK, WINDOW = 97, 8, 6
 
@@ -70,39 +77,14 @@ def test_short_inputs_keep_the_initial_fast_weights_longer_ones_update(model):
         assert (w_long[0] - w0).abs().max() > 1e-5  # base lr 1e-3: small but real steps
 
 
-def greedy_by_full_forwards(model, x, n, eos=2):
-    """Argmax of a full forward per step; once a row emits EOS it continues with pad (= eos), like generate."""
-    seq = x
-    done = torch.zeros(x.shape[0], dtype=torch.bool)
-    with torch.no_grad():
-        for _ in range(n):
-            nxt = model(seq).logits[:, -1].argmax(-1)
-            nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
-            done |= nxt == eos
-            seq = torch.cat([seq, nxt[:, None]], 1)
-    return seq
-
-
 def test_cached_generate_equals_argmax_of_full_forwards_across_chunk_boundaries(model):
-    x = ids(T=10)
-    lengths = []
-    hook = model.model.register_forward_pre_hook(
-        lambda mod, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
-    )
-    try:
-        out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=20, do_sample=False)
-    finally:
-        hook.remove()
     # 10 + 20 tokens with chunk 8: the fast weights update at 16 and 24 while decoding
-    assert lengths[0] == 10 and set(lengths[1:]) == {1}
-    assert torch.equal(out, greedy_by_full_forwards(model, x, 20))
+    check_cached_generation(model, ids(T=10), 20)
 
 
 def test_left_padded_rows_equal_the_unpadded_sequences(model):
     short, long = ids(B=1, T=9, seed=1), ids(B=1, T=15, seed=2)
-    pad = model.config.pad_token_id
-    batch = torch.cat([torch.cat([torch.full((1, 6), pad), short], 1), long], 0)
-    mask = torch.cat([torch.cat([torch.zeros(1, 6), torch.ones(1, 9)], 1), torch.ones(1, 15)], 0).long()
+    batch, mask = left_padded_pair(model, short, long)
     with torch.no_grad():
         padded = model(batch, attention_mask=mask, use_cache=True)
         alone = model(short, use_cache=True)
@@ -110,25 +92,11 @@ def test_left_padded_rows_equal_the_unpadded_sequences(model):
     for layer in range(2):
         for key, val in alone.cache.layers[layer].items():
             torch.testing.assert_close(padded.cache.layers[layer][key][:1], val, atol=1e-5, rtol=1e-5, msg=key)
-    out = model.generate(batch, attention_mask=mask, max_new_tokens=12, do_sample=False)
-    assert torch.equal(out[0, 6:], greedy_by_full_forwards(model, short, 12)[0])
-    assert torch.equal(out[1], greedy_by_full_forwards(model, long, 12)[0])
+    check_left_padded_generation(model, short, long, 12)
 
 
 def test_snapshots_equal_prefix_states_and_full_logits(model):
-    x = ids(T=30)
-    positions = [5, 16, 21]
-    with torch.no_grad():
-        logits, hidden, snaps = model.forward_with_snapshots(x, positions)
-        full = model(x, output_hidden_states=True)
-    torch.testing.assert_close(logits, full.logits, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(hidden, full.hidden_states[-1], atol=1e-5, rtol=1e-5)
-    for p, snap in zip(positions, snaps, strict=True):
-        with torch.no_grad():
-            ref = model(x[:, :p], use_cache=True).cache
-        assert snap.get_seq_length() == p
-        for a, b in zip(fast_weights(snap, 1), fast_weights(ref, 1), strict=True):
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    check_snapshots(model, ids(T=30), [5, 16, 21], lambda cache: fast_weights(cache, 1), logits_atol=1e-4)
 
 
 def test_snapshots_of_a_left_padded_batch_cut_inside_the_padding(model):
@@ -145,18 +113,8 @@ def test_snapshots_of_a_left_padded_batch_cut_inside_the_padding(model):
 def test_branch_gradient_flows_into_prefix_and_matches_unsplit_computation():
     torch.manual_seed(0)
     m = LaCTForCausalLM(small_config(initializer_range=0.05))
-    x, cont, p = ids(B=1, T=12), ids(B=1, T=7, seed=3), 12  # the branch completes chunk 2 (16 tokens)
-    params = dict(m.named_parameters())
-    m.zero_grad()
-    _, _, (snap,) = m.forward_with_snapshots(x, [p])
-    out = m(cont.repeat(2, 1), cache=snap.repeat_interleave(2), use_cache=True)
-    (out.logits.logsumexp(-1).sum() / 2).backward()
-    split = {k: v.grad.clone() for k, v in params.items()}
-    m.zero_grad()
-    m(torch.cat([x, cont], 1)).logits[:, p:].logsumexp(-1).sum().backward()
-    assert split["model.layers.0.attn.w0.w_left"].abs().sum() > 0
-    for k, v in params.items():
-        torch.testing.assert_close(split[k], v.grad, atol=1e-5, rtol=1e-4, msg=k)
+    # prefix 12, continuation 7: the branch completes chunk 2 (16 tokens)
+    check_branch_gradient(m, ids(B=1, T=12), ids(B=1, T=7, seed=3), "model.layers.0.attn.w0.w_left")
 
 
 # ----------------------------------------------------------------------------------------------------------

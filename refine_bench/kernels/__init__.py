@@ -19,6 +19,7 @@ from refine_bench.kernels.delta_rule import (
     delta_rule,
     delta_rule_chunked,
     delta_rule_recurrent,
+    delta_rule_step,
 )
 from refine_bench.kernels.lact import (
     LaCTPlan,
@@ -42,6 +43,7 @@ __all__ = [
     "delta_rule",
     "delta_rule_chunked",
     "delta_rule_recurrent",
+    "delta_rule_step",
     "empty_window_cache",
     "fla_available",
     "init_lact_state",

@@ -56,17 +56,29 @@ def delta_rule_recurrent(
     """
     (B, T, H, K, V), scale, S = _start(q, k, v, beta, initial_state, scale)
     with autocast_off(q.device):
-        qf, kf, vf, bf = q.float() * scale, k.float(), v.float(), beta.float()
+        qf, kf, vf, bf = q.float(), k.float(), v.float(), beta.float()
         outs = []
         for t in range(T):
-            # Broadcast products and sums, not matmuls: a [1, K] x [K, V] product per head is all a token
-            # needs, and batched matmuls that small cost more (much more with several threads on a busy CPU).
-            k_t = kf[:, t, :, :, None]  # [B, H, K, 1]
-            u = (vf[:, t] - (k_t * S).sum(-2)) * bf[:, t, :, None]  # beta (v - S^T k)  [B, H, V]
-            S = torch.addcmul(S, k_t, u[:, :, None, :])
-            outs.append((qf[:, t, :, :, None] * S).sum(-2))
+            o_t, S = delta_rule_step(qf[:, t], kf[:, t], vf[:, t], bf[:, t], S, scale)
+            outs.append(o_t)
+        if T == 1:  # decoding
+            return outs[0][:, None].to(q.dtype), S
         o = torch.stack(outs, dim=1) if outs else S.new_zeros(B, 0, H, V)
         return o.to(q.dtype), S
+
+
+def delta_rule_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, state: torch.Tensor,
+                    scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token of the recurrence, unchecked, in float32: q, k [B, H, K], v [B, H, V], beta [B, H], state
+    [B, H, K, V] -> (o [B, H, V], new state). The body of `delta_rule_recurrent`, and a model's decode step.
+
+    Broadcast products and sums, not matmuls: a [1, K] x [K, V] product per head is all a token needs, and
+    batched matmuls that small cost more (much more with several threads on a busy CPU).
+    """
+    k = k[..., None]  # [B, H, K, 1]
+    u = (v - (k * state).sum(-2)) * beta[..., None]  # beta (v - S^T k)  [B, H, V]
+    state = torch.addcmul(state, k, u[:, :, None, :])
+    return (q[..., None] * state).sum(-2) * scale, state
 
 
 class _UnitLowerInverse(torch.autograd.Function):

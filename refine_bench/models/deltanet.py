@@ -10,10 +10,11 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from transformers import GenerationMixin
 
 from refine_bench.errors import UserInputError
-from refine_bench.kernels import BACKENDS, causal_depthwise_conv1d, delta_rule
+from refine_bench.kernels import BACKENDS, causal_depthwise_conv1d, delta_rule, delta_rule_step, resolve_backend
 from refine_bench.models.base import FastWeightPreTrainedModel
 from refine_bench.models.cache import FastWeightCache
 from refine_bench.models.config import FastWeightConfig
@@ -110,6 +111,8 @@ class DeltaNetAttention(nn.Module):
         self, x: torch.Tensor, mask: torch.Tensor | None, state: dict | None
     ) -> tuple[torch.Tensor, dict]:
         B, T, _ = x.shape
+        if T == 1 and mask is None and state is not None and self._can_decode_fused(x):
+            return self._decode_token(x, state)
         H, key_dim = self.num_heads, self.key_dim
         qkv = torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1)
         # The kernels' input dtype: the projections' (under autocast the autocast dtype, not x's).
@@ -135,6 +138,34 @@ class DeltaNetAttention(nn.Module):
         o = self.o_norm(o).reshape(B, T, self.value_dim)
         new_state = {"recurrent_state": recurrent_state, "conv_state": conv_state}
         return self.o_proj(o), new_state
+
+    def _can_decode_fused(self, x: torch.Tensor) -> bool:
+        """The fused token step reads the projection weights directly: only for plain, unhooked nn.Linear
+        projections (an adapter or a hook wrapping them takes the general path) on the torch kernels."""
+        for proj in (self.q_proj, self.k_proj, self.v_proj, self.b_proj):
+            if type(proj) is not nn.Linear or proj._forward_hooks or proj._forward_pre_hooks:
+                return False
+        return resolve_backend(self.config.kernel_backend, x.device) == "torch"
+
+    def _decode_token(self, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+        """One token continuing a cache, in as few tensor operations as the math allows: at decode time the
+        per-operation overhead is the cost, not the arithmetic. Computes what `forward` computes (q, k, v and
+        beta from one matmul, the short convolution as one product with its window)."""
+        B, H, K = x.shape[0], self.num_heads, self.key_dim
+        C = 2 * K + self.value_dim
+        weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight, self.b_proj.weight])
+        proj = F.linear(x[:, 0], weight)  # [B, C + H]
+        dtype = proj.dtype
+        window = torch.cat([state["conv_state"].to(dtype), proj[:, :C, None]], dim=-1)  # [B, C, conv_size]
+        conv_weight = torch.cat([self.q_conv1d.weight, self.k_conv1d.weight, self.v_conv1d.weight])[:, 0]
+        qkv = F.silu((window * conv_weight.to(dtype)).sum(-1))
+        qk = l2_normalize(qkv[:, : 2 * K].view(B, 2 * H, self.head_k_dim)).to(dtype).float()
+        v = qkv[:, 2 * K :].view(B, H, self.head_v_dim).float()
+        beta = proj[:, C:].float().sigmoid()
+        o, recurrent_state = delta_rule_step(qk[:, :H], qk[:, H:], v, beta, state["recurrent_state"].float(),
+                                             self.head_k_dim**-0.5)
+        o = self.o_norm(o.to(dtype)).reshape(B, 1, self.value_dim)
+        return self.o_proj(o), {"recurrent_state": recurrent_state, "conv_state": window[..., 1:]}
 
 
 class DeltaNetForCausalLM(FastWeightPreTrainedModel, GenerationMixin):
