@@ -8,9 +8,10 @@ at run time (`PYTHON_DOC_INFO_GLOB`), never copied into the repository.
 Synthetic documents teach associative recall: facts "key -> value(s)" stated somewhere in a context (natural prose,
 repeated filler sentences, or a crowd of distractor facts of the same form), then questions whose answer is the
 value(s) stated after the asked key. Families: single and multi-key lookup, multi-value, multi-query, a key-value
-table, a passcode, and two-hop lookups through an alias. Every phrasing, key vocabulary and filler sentence here is
-the project's own: none of the evaluation's (`refine_bench.eval.niah`) templates, noise sentences or word lists
-are used (a test checks), so NIAH scores measure transfer of the skill, not of a template.
+table, a passcode, a list to recite, and two-hop lookups through an alias; every document asks several questions
+(about half of the keys or more) so that copying is a sizeable share of its tokens. Every phrasing, key vocabulary
+and filler sentence here is the project's own: none of the evaluation's (`refine_bench.eval.niah`) templates, noise
+sentences or word lists are used (a test checks), so NIAH scores measure transfer of the skill, not of a template.
 
 Each document is one training window: at least `max_tokens` tokens, with every synthetic question and answer inside
 the first `max_tokens` tokens (whatever lies beyond is natural text), so the trainer's `document` mode (first
