@@ -49,8 +49,10 @@ def test_sft_step_equals_mean_cross_entropy_step():
     ref(batch, labels=batch).loss.backward()
     torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.5)
     opt.step()
+    # one sequence at a time vs the batch in one forward: float noise of ~1e-7 in near-zero gradients becomes up to
+    # ~1e-6 after Adam's normalisation at lr 1e-2; a wrong normalisation or mask would be off by ~1e-2
     for k, v in ref.state_dict().items():
-        torch.testing.assert_close(model.state_dict()[k], v, atol=1e-6, rtol=1e-5, msg=k)
+        torch.testing.assert_close(model.state_dict()[k], v, atol=1e-5, rtol=1e-5, msg=k)
 
 
 def test_refine_makes_one_optimizer_step_per_mini_batch_and_logs_rewards():

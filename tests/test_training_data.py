@@ -11,6 +11,8 @@ import pytest
 from refine_bench.errors import UserInputError
 from refine_bench.models.tokenizer import load_tiny_tokenizer
 from refine_bench.train.documents import (
+    answer_targets,
+    corpus_sequences,
     make_sequences,
     parse_hub_source,
     read_documents,
@@ -83,3 +85,33 @@ def test_hub_names_parse_and_fail_offline_with_one_clear_line(monkeypatch):
 def test_too_little_data_is_named(tok):
     with pytest.raises(UserInputError, match="none of the 5 training documents has 4000 tokens"):
         make_sequences_from(DOCS, tok, 4000, "document")
+
+
+def test_answer_targets_mark_the_tokens_of_the_spans(tok):
+    text = "The code for amber gate is 4411. Question: the code for amber gate? Answer: 4411."
+    start = text.rindex("4411")
+    ids, mask = answer_targets(text, [(start, start + 4)], tok, 100)
+    assert ids == tok(text, add_special_tokens=False)["input_ids"]
+    marked = tok.decode([i for i, m in zip(ids, mask, strict=True) if m])
+    assert marked.strip().rstrip(".") == "4411"  # the answer's tokens (one may carry its space or full stop)
+    assert sum(mask) < len(ids) // 4
+
+
+def test_corpus_sequences_train_on_answers_and_natural_text(tok):
+    pytest.importorskip("refine_bench.train.pretrain_corpus")
+    from refine_bench.train.pretrain_corpus import make_document, python_doc_info_path
+
+    try:
+        python_doc_info_path()
+    except UserInputError:
+        pytest.skip("python3-doc is not installed")
+    seqs, targets, stats = corpus_sequences(0, tok, 256, 12)
+    assert seqs.shape == targets.shape == (stats.sequences, 256) and stats.documents_read == 12
+    for row, mask, index in zip(seqs, targets, range(12), strict=False):
+        doc = make_document(0, index, 256, tok)
+        if not doc.qas:
+            assert mask.all()  # natural text: every token
+            continue
+        assert 0 < mask.float().mean() < 1
+        marked = tok.decode(row[mask].tolist())
+        assert all(value in marked for value in doc.qas[0].answers)  # the first question's answers are targets

@@ -16,7 +16,7 @@ ttt       8   5   1   8      1      0.4    binary   4           the test prompts
 
 c = rollout positions per sequence, k = rollout length, n = rollouts per position; the paper runs ~100
 mid-training steps. `pretrain` is not in the paper: warm-up + cosine from a random init, next-token prediction
-on packed documents, for the project's small models.
+on training windows of the project's generated corpus, for the project's small models.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ PHASE_PRESETS: dict[str, PhasePreset] = {
                        dict(_PAPER, steps=1, seq_len=16384)),
     PRETRAIN: PhasePreset(RefineConfig(), 32, 32,
                           dict(lr=2e-3, betas=(0.9, 0.95), weight_decay=0.1, grad_clip=1.0, lr_schedule="cosine",
-                               min_lr_ratio=0.1, steps=2000, seq_len=1024, data_mode="packed")),
+                               min_lr_ratio=0.1, steps=2000, seq_len=512, data_mode="document")),
 }
 
 

@@ -28,7 +28,7 @@ from refine_bench.protocol import PRETRAIN, STAGES
 from refine_bench.records import RunRecord
 from refine_bench.train.checkpoints import latest_checkpoint, read_trainer_state
 from refine_bench.train.config import TrainConfig, fingerprint
-from refine_bench.train.documents import corpus_seed, make_sequences, read_qa_pairs
+from refine_bench.train.documents import corpus_seed, corpus_sequences, make_sequences, read_qa_pairs
 from refine_bench.train.precision import use_master_weights
 from refine_bench.train.progress import MetricWriter, ProgressBar, step_logger
 from refine_bench.train.streams import PairStream, SequenceStream, encode_pairs
@@ -140,8 +140,18 @@ def _stream(request: TrainRequest, config: TrainConfig, tokenizer, device: str):
         pairs = encode_pairs(read_qa_pairs(request.data), tokenizer, config.seq_len, config.answer_eos)
         stream = PairStream([(p.to(device), a.to(device)) for p, a in pairs], config.batch_size, seed=config.seed)
         return stream, {"mode": "pairs", "examples": len(pairs)}
-    streamed = request.data.startswith("hf:") or corpus_seed(request.data) is not None
-    limit = config.steps * config.batch_size if streamed else None  # one pass; nothing is repeated
+    seed = corpus_seed(request.data)
+    if seed is not None:
+        if config.data_mode != "document":
+            raise UserInputError("--data corpus makes one training window per document: use --data-mode document")
+        from refine_bench.train.pretrain_corpus import natural_text_source
+
+        sequences, targets, stats = corpus_sequences(seed, tokenizer, config.seq_len,
+                                                     config.steps * config.batch_size)
+        facts = {**stats.to_dict(), "natural_text": natural_text_source(), "loss": "synthetic answers + natural text"}
+        return SequenceStream(sequences.to(device), config.batch_size, seed=config.seed,
+                              targets=targets.to(device)), facts
+    limit = config.steps * config.batch_size if request.data.startswith("hf:") else None  # one streamed pass
     sequences, stats = make_sequences(request.data, tokenizer, config.seq_len, config.data_mode,
                                       request.text_field, limit)
     if len(sequences) < config.batch_size:

@@ -39,19 +39,22 @@ class _ShuffledBatches:
 
 
 class SequenceStream(_ShuffledBatches):
-    """Batches of fixed-length token sequences [N, S] (mid-training, pretraining): every token is a target."""
+    """Batches of fixed-length token sequences [N, S] (mid-training, pretraining): every token is a target, or
+    those marked in `targets` [N, S]."""
 
-    def __init__(self, sequences: torch.Tensor, batch_size: int, seed: int = 0, position: int = 0) -> None:
+    def __init__(self, sequences: torch.Tensor, batch_size: int, seed: int = 0, position: int = 0,
+                 targets: torch.Tensor | None = None) -> None:
         if batch_size > len(sequences):
             raise UserInputError(f"batch size {batch_size} exceeds the {len(sequences)} training sequences in the data")
         super().__init__(batch_size, seed, position)
         self.sequences = sequences
+        self.targets = targets
 
     def __len__(self) -> int:
         return len(self.sequences)
 
     def example(self, index: int) -> Example:
-        return Example(self.sequences[index])
+        return Example(self.sequences[index], None if self.targets is None else self.targets[index])
 
 
 class PairStream(_ShuffledBatches):
