@@ -7,10 +7,13 @@ import math
 import pytest
 import torch
 
+from refine_bench.distributed import DistContext
 from refine_bench.errors import UserInputError
 from refine_bench.models.deltanet import DeltaNetForCausalLM
 from refine_bench.train.checkpoints import latest_checkpoint
 from refine_bench.train.config import RefineConfig, TrainConfig
+from refine_bench.train.optimization import Example, forward_groups, optimize_items
+from refine_bench.train.parallel import DataParallel
 from refine_bench.train.presets import departures, preset
 from refine_bench.train.schedule import learning_rate
 from refine_bench.train.streams import SequenceStream
@@ -157,3 +160,32 @@ def test_stream_is_deterministic_and_resumable():
     assert torch.equal(torch.stack([ex.ids for ex in next(b)]), first[6])
     epoch = torch.cat(first[:5]).sort(dim=0).values
     assert torch.equal(epoch, seqs)  # one epoch visits every sequence once
+
+
+def test_forward_groups_stack_equal_lengths_and_keep_rollout_sequences_alone():
+    ids = [torch.zeros(n, dtype=torch.long) for n in (6, 6, 4, 6, 4)]
+    items = [Example(ids[0]), Example(ids[1]), Example(ids[2]), Example(ids[3], torch.ones(6, dtype=torch.bool)),
+             Example(ids[4])]
+    assert forward_groups(items, [0, 1, 2, 3, 4], {}) == [[0, 1], [2, 4], [3]]
+    assert forward_groups(items, [0, 1, 2], {1: object()}) == [[0], [1], [2]]
+
+
+def test_stacked_forwards_give_the_per_sequence_update():
+    """Sequences of one length share a forward; the step must equal the one that runs them one by one (two
+    lengths, answer targets on some, two mini-batches)."""
+    g = torch.Generator().manual_seed(3)
+    items = [Example(torch.randint(3, 97, (n,), generator=g)) for n in (24, 24, 16, 24)]
+    marked = torch.zeros(24, dtype=torch.bool)
+    marked[10:] = True
+    items.append(Example(torch.randint(3, 97, (24,), generator=g), marked))
+    items.append(Example(torch.randint(3, 97, (24,), generator=g), marked.roll(3)))
+    config = preset("mid", "sft", steps=1, batch_size=6, mini_batch_size=3, seq_len=24, lr=1e-3)
+    weights = []
+    for stack in (True, False):
+        model = make_model()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        result = optimize_items(DataParallel(model, None, DistContext()), optimizer, config, items, with_rl=False,
+                                step=0, stack=stack)
+        weights.append((torch.cat([p.detach().flatten() for p in model.parameters()]), result.metrics["loss"]))
+    assert weights[0][1] == pytest.approx(weights[1][1], rel=1e-6)
+    torch.testing.assert_close(weights[0][0], weights[1][0], atol=1e-6, rtol=1e-5)

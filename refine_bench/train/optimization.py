@@ -72,9 +72,11 @@ def optimize_items(
     step: int,
     mini_batch: int | None = None,
     precision: str = "fp32",
+    stack: bool = True,
 ) -> PassResult:
     """One pass over `items` (see the module docstring). Items too short for REFINE's chunks get NTP only; a
-    mini-batch with no target token makes no step (so no weight decay either)."""
+    mini-batch with no target token makes no step (so no weight decay either). With `stack`, sequences without
+    rollouts of one length share a forward (`forward_groups`); the loss is the same sum either way."""
     model, dist = engine.model, engine.dist
     rcfg = config.refine
     device = next(model.parameters()).device
@@ -111,12 +113,14 @@ def optimize_items(
         optimizer.zero_grad(set_to_none=True)
         mine = [i for i in members if i in set(local)]
         counts = (ntp_tokens, rl_count)
+        groups = forward_groups(items, mine, rollouts) if stack else [[i] for i in mine]
         with engine.gathered():
-            for position, i in enumerate(mine):
-                loss_fn = functools.partial(_sequence_loss, item=items[i], rollouts=rollouts.get(i), config=config,
-                                            with_rl=with_rl, counts=counts, scale=engine.loss_scale, totals=totals,
+            for position, group in enumerate(groups):
+                loss_fn = functools.partial(_group_loss, group=[items[i] for i in group],
+                                            rollouts=rollouts.get(group[0]), config=config, with_rl=with_rl,
+                                            counts=counts, scale=engine.loss_scale, totals=totals,
                                             precision=precision, device=device)
-                with engine.sync(position == len(mine) - 1):
+                with engine.sync(position == len(groups) - 1):
                     engine.loss(loss_fn).backward()
             engine.reduce_gradients()
         norm = engine.clip_grad_norm(config.grad_clip)
@@ -144,14 +148,25 @@ def optimize_items(
     return PassResult(metrics, rollouts, ntp_only)
 
 
-def _sequence_loss(model, *, item: Example, rollouts: Rollouts | None, config: TrainConfig, with_rl: bool,
-                   counts: tuple[int, int], scale: float, totals: torch.Tensor, precision: str,
-                   device: torch.device) -> torch.Tensor:
-    """One sequence's share of its mini-batch loss (normalised by the mini-batch's counts), times `scale`;
-    adds its unnormalised terms to `totals`."""
+def forward_groups(items: list[Example], indices: list[int], rollouts: dict[int, Rollouts]) -> list[list[int]]:
+    """`indices` grouped for forwards: a sequence with rollouts alone (its branches follow its own states), the
+    others stacked by (length, whether targets are marked), in order of first appearance."""
+    groups: dict[object, list[int]] = {}
+    for i in indices:
+        key = ("rollouts", i) if i in rollouts else (len(items[i].ids), items[i].targets is None)
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+def _group_loss(model, *, group: list[Example], rollouts: Rollouts | None, config: TrainConfig, with_rl: bool,
+                counts: tuple[int, int], scale: float, totals: torch.Tensor, precision: str,
+                device: torch.device) -> torch.Tensor:
+    """The share of its mini-batch loss (normalised by the mini-batch's counts) of a group of sequences run as one
+    forward [G, S], times `scale`; adds their unnormalised terms to `totals`."""
+    ids = torch.stack([item.ids for item in group])
+    targets = None if group[0].targets is None else torch.stack([item.targets for item in group])
     with autocast(precision, device):
-        terms = sequence_terms(model, item.ids[None], config.refine, rollouts,
-                               targets=None if item.targets is None else item.targets[None])
+        terms = sequence_terms(model, ids, config.refine, rollouts, targets=targets)
     loss = combined_loss(terms.ntp_sum, counts[0], terms.rl_sum, counts[1], config.refine if with_rl else None)
     totals.add_(torch.tensor([float(terms.ntp_sum.detach()), terms.ntp_tokens,
                               float(terms.rl_sum.detach()) if terms.rl_sum is not None else 0.0, terms.rl_tokens],
