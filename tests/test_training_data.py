@@ -97,8 +97,7 @@ def test_answer_targets_mark_the_tokens_of_the_spans(tok):
     assert sum(mask) < len(ids) // 4
 
 
-def test_corpus_sequences_train_on_answers_and_natural_text(tok):
-    pytest.importorskip("refine_bench.train.pretrain_corpus")
+def test_corpus_sequences_train_on_answers_and_natural_documents(tok):
     from refine_bench.train.pretrain_corpus import make_document, python_doc_info_path
 
     try:
@@ -106,12 +105,36 @@ def test_corpus_sequences_train_on_answers_and_natural_text(tok):
     except UserInputError:
         pytest.skip("python3-doc is not installed")
     seqs, targets, stats = corpus_sequences(0, tok, 256, 12)
+    with_tail = corpus_sequences(0, tok, 256, 12, tail_targets=True)[1]
     assert seqs.shape == targets.shape == (stats.sequences, 256) and stats.documents_read == 12
-    for row, mask, index in zip(seqs, targets, range(12), strict=False):
+    synthetic = 0
+    for row, mask, tail_mask, index in zip(seqs, targets, with_tail, range(12), strict=False):
         doc = make_document(0, index, 256, tok)
         if not doc.qas:
-            assert mask.all()  # natural text: every token
+            assert mask.all() and tail_mask.all()  # natural text: every token
             continue
-        assert 0 < mask.float().mean() < 1
+        synthetic += 1
         marked = tok.decode(row[mask].tolist())
+        answers = [value for qa in doc.qas for value in qa.answers]
         assert all(value in marked for value in doc.qas[0].answers)  # the first question's answers are targets
+        # nothing but the answers (and the space or full stop a boundary token carries)
+        leftover = marked
+        for value in answers:
+            leftover = leftover.replace(value, "", 1)
+        assert set(leftover) <= set(" .,;:-and\n"), leftover
+        assert bool((tail_mask & ~mask).any()) == (doc.synthetic_end < len(tok.decode(row.tolist())))
+    assert synthetic >= 6
+
+
+def test_dense_corpus_profile_is_a_named_source(tok):
+    from refine_bench.train.documents import corpus_profile, corpus_seed
+    from refine_bench.train.pretrain_corpus import PROFILES, make_document
+
+    assert (corpus_seed("corpus-dense:3"), corpus_profile("corpus-dense:3")) == (3, "corpus-dense")
+    assert (corpus_seed("corpus"), corpus_profile("corpus")) == (0, "corpus")
+    assert corpus_seed("corpus-sparse:1") is None
+    dense = PROFILES["corpus-dense"]
+    docs = [make_document(0, i, 256, tok, profile=dense) for i in range(40)]
+    assert {d.kind for d in docs} <= set(dense.family_weights) | {"natural"}
+    assert all(len(qa.answers) <= dense.max_keys for d in docs for qa in d.qas)
+    assert sum(len(d.qas) for d in docs) > sum(len(make_document(0, i, 256, tok).qas) for i in range(40)) / 2

@@ -78,16 +78,17 @@ MODELS: dict[str, ZooEntry] = {
                  deltanet_1_3b_config, DeltaNetForCausalLM, hub_id="fla-hub/delta_net-1.3B-100B", tokenizer=None),
         ZooEntry("deltanet-tiny", "deltanet", "2-layer DeltaNet for CPUs and CI (random init, project tokenizer)",
                  deltanet_tiny_config, DeltaNetForCausalLM, seeded_init=True),
-        ZooEntry("deltanet-small", "deltanet", "small DeltaNet pretrained by the project on CPUs (shipped)",
-                 deltanet_small_config, DeltaNetForCausalLM, tokenizer=None, shipped=True,
+        ZooEntry("deltanet-small", "deltanet", "small DeltaNet pretrained by the project (shipped weights, project "
+                 "tokenizer)",
+                 deltanet_small_config, DeltaNetForCausalLM, shipped=True,
                  rebuild_command=SMALL_MODELS_COMMAND),
         ZooEntry("lact-760m", "lact", "LaCT-760M (LaCT repo's 760M config: SWA 2048 + SwiGLU fast weights, chunk "
                  "2048; the paper's checkpoint)", lact_760m_config, LaCTForCausalLM, hub_id="YunjinZhang/lact_llm",
                  tokenizer=None, fallback_tokenizer="fla-hub/transformer-1.3B-100B"),
         ZooEntry("lact-tiny", "lact", "2-layer LaCT for CPUs and CI (chunk 64, window 64; random init, project "
                  "tokenizer)", lact_tiny_config, LaCTForCausalLM, seeded_init=True),
-        ZooEntry("lact-small", "lact", "small LaCT pretrained by the project on CPUs (shipped)",
-                 lact_small_config, LaCTForCausalLM, tokenizer=None, shipped=True,
+        ZooEntry("lact-small", "lact", "small LaCT pretrained by the project (shipped weights, project tokenizer)",
+                 lact_small_config, LaCTForCausalLM, shipped=True,
                  rebuild_command=SMALL_MODELS_COMMAND),
     ]
 }

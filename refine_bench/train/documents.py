@@ -206,13 +206,20 @@ def packed_sequences(docs: Iterable[str], tokenizer, seq_len: int, limit: int | 
 
 
 def corpus_seed(source: str) -> int | None:
-    """The seed of a `corpus[:SEED]` source, or None for any other source."""
+    """The seed of a generated-corpus source (`corpus[:SEED]`, `corpus-dense[:SEED]`), or None for any other."""
+    from refine_bench.train.pretrain_corpus import PROFILES
+
     name, _, seed = str(source).partition(":")
-    if name != CORPUS:
+    if name not in PROFILES:
         return None
     if seed and not seed.isdigit():
-        raise UserInputError(f"--data {source!r}: expected corpus or corpus:SEED (a non-negative integer)")
+        raise UserInputError(f"--data {source!r}: expected {name} or {name}:SEED (a non-negative integer)")
     return int(seed or 0)
+
+
+def corpus_profile(source: str) -> str:
+    """The profile name of a generated-corpus source (see `corpus_seed`)."""
+    return str(source).partition(":")[0]
 
 
 def answer_targets(text: str, spans: list[tuple[int, int]], tokenizer, seq_len: int) -> tuple[list[int], list[bool]]:
@@ -223,17 +230,20 @@ def answer_targets(text: str, spans: list[tuple[int, int]], tokenizer, seq_len: 
     return ids, [any(lo < end and hi > start for start, end in spans) for lo, hi in offsets]
 
 
-def corpus_sequences(seed: int, tokenizer, seq_len: int, count: int) -> tuple[torch.Tensor, torch.Tensor, DataStats]:
-    """`count` documents of the generated corpus as sequences [N, seq_len] and their loss targets [N, seq_len]:
-    every token of a natural document; the answers and the natural tail of a synthetic one."""
-    from refine_bench.train.pretrain_corpus import make_document
+def corpus_sequences(seed: int, tokenizer, seq_len: int, count: int, tail_targets: bool = False,
+                     start: int = 0, profile: str = CORPUS) -> tuple[torch.Tensor, torch.Tensor, DataStats]:
+    """Documents `start` .. `start + count - 1` of the generated corpus as sequences [N, seq_len] and their loss
+    targets [N, seq_len]: every token of a natural document; the answers of a synthetic one, and its natural tail
+    when `tail_targets` (without it, answers are a larger share of the loss and recall is learnt sooner).
+    `profile` names the mix (`pretrain_corpus.PROFILES`)."""
+    from refine_bench.train.pretrain_corpus import PROFILES, make_document
 
     stats = DataStats("document")
     rows, masks = [], []
-    for index in range(count):
-        doc = make_document(seed, index, seq_len, tokenizer)
+    for index in range(start, start + count):
+        doc = make_document(seed, index, seq_len, tokenizer, profile=PROFILES[profile])
         stats.documents_read += 1
-        spans = [(0, len(doc.text))] if not doc.qas else [(doc.synthetic_end, len(doc.text))]
+        spans = [(0, len(doc.text))] if not doc.qas else [(doc.synthetic_end, len(doc.text))] if tail_targets else []
         for qa in doc.qas:
             end = qa.prompt_end
             for value in qa.answers:

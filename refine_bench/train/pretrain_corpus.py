@@ -240,6 +240,8 @@ def make_value(rng: random.Random, style: str) -> str:
 
 KEY_STYLES = {"pair": 3, "pseudo": 3, "hex": 2, "unit": 1, "name": 1}
 VALUE_STYLES = {"digits": 6, "hex": 2, "word": 1, "alnum": 1}
+DEFAULT_STYLES = (KEY_STYLES, VALUE_STYLES)
+Styles = tuple[dict[str, float], dict[str, float]] | None
 
 
 def _weighted(rng: random.Random, weights: dict[str, float]) -> str:
@@ -383,9 +385,11 @@ def _answer_text(rng: random.Random, values: Sequence[str]) -> str:
     return " " + _join_values(rng, values) + "."
 
 
-def _lookup_task(rng: random.Random, cap: int, multivalue: bool = False, multiquery: bool = False) -> _Task:
+def _lookup_task(rng: random.Random, cap: int, multivalue: bool = False, multiquery: bool = False,
+                 styles: Styles = None) -> _Task:
     attr = rng.choice(ATTRIBUTES)
-    key_style, value_style = _weighted(rng, KEY_STYLES), _weighted(rng, VALUE_STYLES)
+    key_weights, value_weights = styles or DEFAULT_STYLES
+    key_style, value_style = _weighted(rng, key_weights), _weighted(rng, value_weights)
     fact = rng.choice(FACTS)
     if multiquery:
         n_keys = min(rng.randint(2, 6), max(cap, 2))
@@ -415,9 +419,10 @@ def _lookup_task(rng: random.Random, cap: int, multivalue: bool = False, multiqu
     return _Task(_fill(rng.choice(INTROS), a=attr), facts, questions, distractor, facts_in_order=multivalue)
 
 
-def _table_task(rng: random.Random, cap: int) -> _Task:
+def _table_task(rng: random.Random, cap: int, styles: Styles = None) -> _Task:
     """A compact key: value table (no haystack between rows), then questions."""
-    key_style, value_style = _weighted(rng, KEY_STYLES), _weighted(rng, VALUE_STYLES)
+    key_weights, value_weights = styles or DEFAULT_STYLES
+    key_style, value_style = _weighted(rng, key_weights), _weighted(rng, value_weights)
     n = min(rng.randint(8, 32), max(cap, 2))
     keys = _new_keys(rng, n, key_style)
     values = [make_value(rng, value_style) for _ in keys]
@@ -439,9 +444,9 @@ RECITE_QUESTIONS = (("Repeat the sequence.", "The sequence was"), ("What did the
                     ("Say the sequence again.", "Again:"))
 
 
-def _recite_task(rng: random.Random, cap: int) -> _Task:
+def _recite_task(rng: random.Random, cap: int, styles: Styles = None) -> _Task:
     """A list of values stated once, to be repeated in order (plain copying over a distance)."""
-    style = _weighted(rng, VALUE_STYLES)
+    style = _weighted(rng, (styles or DEFAULT_STYLES)[1])
     values = [make_value(rng, style) for _ in range(min(rng.randint(2, 8), max(cap, 2)))]
     i = rng.randrange(len(RECITE_FACTS))
     q, prefix = RECITE_QUESTIONS[i]
@@ -449,10 +454,11 @@ def _recite_task(rng: random.Random, cap: int) -> _Task:
     return _Task("", [fact], [(q + rng.choice(("\n", " ")) + prefix, values)], None, answer_sep=" ")
 
 
-def _alias_task(rng: random.Random, cap: int) -> _Task:
+def _alias_task(rng: random.Random, cap: int, styles: Styles = None) -> _Task:
     """Two hops: an alias names an entry, the entry has the value."""
     attr = rng.choice(ATTRIBUTES)
-    key_style, value_style = _weighted(rng, KEY_STYLES), _weighted(rng, VALUE_STYLES)
+    key_weights, value_weights = styles or DEFAULT_STYLES
+    key_style, value_style = _weighted(rng, key_weights), _weighted(rng, value_weights)
     n = min(rng.randint(1, 3), cap)
     keys = _new_keys(rng, 2 * n, key_style)
     aliases, entries = keys[:n], keys[n:]
@@ -466,22 +472,22 @@ def _alias_task(rng: random.Random, cap: int) -> _Task:
     return _Task("", facts, questions, None)
 
 
-def _make_task(rng: random.Random, family: str, cap: int = 64) -> _Task:
+def _make_task(rng: random.Random, family: str, cap: int = 64, styles: Styles = None) -> _Task:
     """A task of `family` with at most `cap` keys (values, rows) where the family allows fewer."""
     if family == "lookup":
-        return _lookup_task(rng, cap)
+        return _lookup_task(rng, cap, styles=styles)
     if family == "multivalue":
-        return _lookup_task(rng, cap, multivalue=True)
+        return _lookup_task(rng, cap, multivalue=True, styles=styles)
     if family == "multiquery":
-        return _lookup_task(rng, cap, multiquery=True)
+        return _lookup_task(rng, cap, multiquery=True, styles=styles)
     if family == "table":
-        return _table_task(rng, cap)
+        return _table_task(rng, cap, styles)
     if family == "passcode":
         return _passcode_task(rng)
     if family == "alias":
-        return _alias_task(rng, cap)
+        return _alias_task(rng, cap, styles)
     if family == "recite":
-        return _recite_task(rng, cap)
+        return _recite_task(rng, cap, styles)
     raise ValueError(f"unknown synthetic family {family!r}")
 
 
@@ -591,16 +597,45 @@ def _natural_tail(rng: random.Random, need: int, count: Callable[[str], int]) ->
     return text
 
 
+@dataclass(frozen=True)
+class CorpusProfile:
+    """The mix of a corpus: the share of synthetic documents, their families, key and value styles, and the most
+    keys one document holds."""
+
+    synthetic_fraction: float = SYNTHETIC_FRACTION
+    family_weights: dict[str, float] = field(default_factory=lambda: dict(FAMILY_WEIGHTS))
+    key_styles: dict[str, float] = field(default_factory=lambda: dict(KEY_STYLES))
+    value_styles: dict[str, float] = field(default_factory=lambda: dict(VALUE_STYLES))
+    max_keys: int = 64
+
+
+# `corpus` is the full mix; `corpus-dense` keeps the recall families with short keys and digit values, fewer keys
+# per document and fewer natural documents, so a few-million-parameter model learns recall within minutes.
+PROFILES: dict[str, CorpusProfile] = {
+    "corpus": CorpusProfile(),
+    "corpus-dense": CorpusProfile(
+        synthetic_fraction=0.9,
+        family_weights={"lookup": 0.35, "table": 0.3, "multiquery": 0.15, "multivalue": 0.1, "passcode": 0.1},
+        key_styles={"pair": 3, "pseudo": 3, "unit": 1}, value_styles={"digits": 8, "word": 1, "alnum": 1},
+        max_keys=16),
+}
+
+
 def make_document(seed: int, index: int, max_tokens: int, tokenizer: Any,
-                  synthetic_fraction: float = SYNTHETIC_FRACTION,
-                  family_weights: dict[str, float] | None = None) -> PretrainDocument:
-    """Document `index` of the corpus for `seed`: a training window of at least `max_tokens` tokens whose
-    synthetic part (if any) lies within the first `max_tokens` tokens."""
+                  synthetic_fraction: float | None = None,
+                  family_weights: dict[str, float] | None = None,
+                  profile: CorpusProfile | None = None) -> PretrainDocument:
+    """Document `index` of the corpus for `seed` (mixed as `profile` says; `synthetic_fraction` and
+    `family_weights` override it): a training window of at least `max_tokens` tokens whose synthetic part (if
+    any) lies within the first `max_tokens` tokens."""
+    profile = profile or PROFILES["corpus"]
+    synthetic_fraction = profile.synthetic_fraction if synthetic_fraction is None else synthetic_fraction
+    styles = (profile.key_styles, profile.value_styles)
     if max_tokens < MIN_WINDOW_TOKENS:
         raise UserInputError(f"pretraining windows need at least {MIN_WINDOW_TOKENS} tokens, got {max_tokens}")
     if not 0.0 <= synthetic_fraction <= 1.0:
         raise UserInputError(f"synthetic_fraction must lie in [0, 1], got {synthetic_fraction}")
-    weights = family_weights or FAMILY_WEIGHTS
+    weights = family_weights or profile.family_weights
     unknown = set(weights) - set(FAMILY_WEIGHTS)
     if unknown:
         raise UserInputError(f"unknown synthetic families {sorted(unknown)}; known: {', '.join(FAMILY_WEIGHTS)}")
@@ -612,7 +647,7 @@ def make_document(seed: int, index: int, max_tokens: int, tokenizer: Any,
     budget = rng.randint(max(MIN_WINDOW_TOKENS, max_tokens // 4), max_tokens)
     for cap in _CAPS:
         try:
-            text, qas = _layout(rng, _make_task(rng, family, cap), budget, count)
+            text, qas = _layout(rng, _make_task(rng, family, min(cap, profile.max_keys), styles), budget, count)
             break
         except ValueError:  # too many facts for the budget: draw again, in the whole window, with fewer keys
             budget = max_tokens
@@ -625,8 +660,9 @@ def make_document(seed: int, index: int, max_tokens: int, tokenizer: Any,
 
 
 def pretrain_documents(seed: int, num_docs: int, max_tokens: int, tokenizer: Any, *, start: int = 0,
-                       synthetic_fraction: float = SYNTHETIC_FRACTION,
-                       family_weights: dict[str, float] | None = None) -> Iterator[str]:
+                       synthetic_fraction: float | None = None,
+                       family_weights: dict[str, float] | None = None,
+                       profile: CorpusProfile | None = None) -> Iterator[str]:
     """Documents `start` .. `start + num_docs - 1` of the corpus for `seed` (see `make_document`)."""
     for i in range(start, start + num_docs):
-        yield make_document(seed, i, max_tokens, tokenizer, synthetic_fraction, family_weights).text
+        yield make_document(seed, i, max_tokens, tokenizer, synthetic_fraction, family_weights, profile).text

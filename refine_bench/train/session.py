@@ -28,7 +28,7 @@ from refine_bench.protocol import PRETRAIN, STAGES
 from refine_bench.records import RunRecord
 from refine_bench.train.checkpoints import latest_checkpoint, read_trainer_state
 from refine_bench.train.config import TrainConfig, fingerprint
-from refine_bench.train.documents import corpus_seed, corpus_sequences, make_sequences, read_qa_pairs
+from refine_bench.train.documents import corpus_profile, corpus_seed, corpus_sequences, make_sequences, read_qa_pairs
 from refine_bench.train.precision import use_master_weights
 from refine_bench.train.progress import MetricWriter, ProgressBar, step_logger
 from refine_bench.train.streams import PairStream, SequenceStream, encode_pairs
@@ -146,9 +146,11 @@ def _stream(request: TrainRequest, config: TrainConfig, tokenizer, device: str):
             raise UserInputError("--data corpus makes one training window per document: use --data-mode document")
         from refine_bench.train.pretrain_corpus import natural_text_source
 
+        profile = corpus_profile(request.data)
         sequences, targets, stats = corpus_sequences(seed, tokenizer, config.seq_len,
-                                                     config.steps * config.batch_size)
-        facts = {**stats.to_dict(), "natural_text": natural_text_source(), "loss": "synthetic answers + natural text"}
+                                                     config.steps * config.batch_size, profile=profile)
+        facts = {**stats.to_dict(), "natural_text": natural_text_source(), "profile": profile,
+                 "loss": "answers of synthetic documents + natural documents"}
         return SequenceStream(sequences.to(device), config.batch_size, seed=config.seed,
                               targets=targets.to(device)), facts
     limit = config.steps * config.batch_size if request.data.startswith("hf:") else None  # one streamed pass
