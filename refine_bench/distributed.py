@@ -96,3 +96,15 @@ def init_distributed(device: str | None = "auto") -> DistContext:
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
     return DistContext(rank, world, device)
+
+
+def shutdown_distributed(barrier: bool = True) -> None:
+    """Leave the process group, if this process joined one: after a barrier when every rank is expected to get
+    here (no rank tears down its transport while another still talks to it), then destroy it (exiting with
+    gloo's threads alive can abort the process)."""
+    if dist.is_available() and dist.is_initialized():
+        try:
+            if barrier:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()

@@ -8,6 +8,7 @@ import typer
 
 from refine_bench.cli import bench, data, mini_paper, models, report, run, train
 from refine_bench.cli import eval as eval_cli
+from refine_bench.distributed import shutdown_distributed
 from refine_bench.errors import RefineBenchError, UserInputError
 from refine_bench.interrupts import Interrupted
 
@@ -35,8 +36,13 @@ report.register(app)
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: bad input exits with code 2, an interrupted run with 128 + the signal number,
     another refine-bench failure (e.g. non-finite training) with 1; each with a one-line message."""
+    finished = False
     try:
         app(args=argv, prog_name="refine-bench")
+        finished = True
+    except SystemExit as exc:  # typer ends every command this way
+        finished = exc.code in (0, None)
+        raise
     except UserInputError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -47,6 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     except (KeyboardInterrupt, Interrupted) as exc:  # stopped outside training (e.g. an evaluation)
         typer.echo(f"interrupted: {exc}" if str(exc) else "interrupted", err=True)
         sys.exit(getattr(exc, "exit_code", 130))
+    finally:
+        shutdown_distributed(barrier=finished)
 
 
 if __name__ == "__main__":
