@@ -48,3 +48,17 @@ clean:
 # The paper's Tables 3-5 (Markdown, LaTeX, CSV) and plots, measured runs beside the published numbers.
 paper-tables: setup
 	$(BIN)/refine-bench tables --runs-dir results/runs --out results/paper
+
+# Pretrain the shipped small models (deltanet-small, lact-small) from their recipes in
+# scripts/build_small_models.py and install them under refine_bench/models/assets/ (runs in results/small-models).
+small-models: setup system-deps
+	$(BIN)/python scripts/build_small_models.py
+
+# The paper's mid-training comparison in miniature on the small models (base vs SFT vs REFINE, 3 seeds, NIAH at
+# 1K/2K/4K): runs under results/mini-paper/runs, tables and plots in results/mini-paper. Resumes when re-run.
+mini-paper: setup system-deps
+	$(BIN)/refine-bench mini-paper --out results/mini-paper
+
+# The same pipeline at CI size (2 seeds, a few steps, 4 NIAH tasks at 1K): checks the plumbing, not the science.
+mini-paper-quick: setup system-deps
+	$(BIN)/refine-bench mini-paper --quick --out results/mini-paper-quick
