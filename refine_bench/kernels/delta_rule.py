@@ -207,7 +207,7 @@ def delta_rule(
         from fla.ops.delta_rule import chunk_delta_rule, fused_recurrent_delta_rule
 
         state = None if initial_state is None else initial_state.float()
-        q, k, v = (x.contiguous() for x in (q, k, v))
+        q, k, v = (x.to(q.dtype).contiguous() for x in (q, k, v))  # fla asserts one input dtype
         if mode == "chunk" and q.dtype != torch.float32:
             o, final = chunk_delta_rule(q, k, v, beta.to(q.dtype), scale=scale, initial_state=state,
                                         output_final_state=True)
