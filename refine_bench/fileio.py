@@ -202,3 +202,15 @@ def lock_is_free(path: str | os.PathLike[str]) -> bool:
     finally:
         os.close(fd)
     return True
+
+
+def read_json_object(path: Path, error: type[Exception] = UserInputError) -> dict:
+    """The JSON object stored in `path`; a file that does not parse or holds another type raises `error` naming
+    the file (a truncated checkpoint config or run record reads as corrupt, not as a traceback)."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{path} is not valid JSON ({exc}): the file is truncated or corrupt") from exc
+    if not isinstance(value, dict):
+        raise error(f"{path} must hold a JSON object, got {type(value).__name__}")
+    return value

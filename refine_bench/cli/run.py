@@ -14,6 +14,8 @@ from refine_bench.errors import UserInputError
 from refine_bench.protocol import BASE_ARM, RUN_ARMS
 
 
+# run and train list the same shared options (cli/training_options.py) on purpose: typer builds each
+# command's flags from its own signature, so the lists look alike while each command keeps its own subset.
 def run_command(
     model: opt.Model = "deltanet-tiny",
     arm: str = typer.Option("refine", help=f"One of {', '.join(RUN_ARMS)} (base = evaluate without training)."),

@@ -7,13 +7,13 @@ corrupt, not JSON) raises one naming the file and what is wrong with it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
 from refine_bench.errors import CheckpointError, UserInputError
+from refine_bench.fileio import read_json_object
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -21,13 +21,7 @@ PICKLE_FILE = "pytorch_model.bin"
 
 
 def _read_json_object(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc}): the file is truncated or corrupt") from exc
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{path} must hold a JSON object, got {type(value).__name__}")
-    return value
+    return read_json_object(path, CheckpointError)
 
 
 def read_config_dict(directory: Path) -> dict:

@@ -7,7 +7,6 @@ still load. Hidden folders (runs still being written, or stale ones: see report/
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from refine_bench.errors import UserInputError
-from refine_bench.fileio import read_jsonl, read_jsonl_lines
+from refine_bench.fileio import read_json_object, read_jsonl, read_jsonl_lines
 from refine_bench.protocol import STAGES
 from refine_bench.records import (
     NIAH_DEPTHS_FILE,
@@ -92,12 +91,7 @@ def load_run(path: Path) -> Run:
     meta_path = path / RUN_JSON
     if not meta_path.is_file():
         raise UserInputError(f"{path}: no {RUN_JSON}")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserInputError(f"{meta_path}: not valid JSON ({err})") from err
-    if not isinstance(meta, dict):
-        raise UserInputError(f"{meta_path}: expected a JSON object")
+    meta = read_json_object(meta_path)
     for key in ("kind", "model"):
         if not isinstance(meta.get(key), str):
             raise UserInputError(f"{meta_path}: missing or invalid {key!r}")
