@@ -173,10 +173,20 @@ def _reduced(name: str, layers: int):
     return entry.model_class(config).float()
 
 
-def extrapolated_peak_gib(name: str, layers: tuple[int, int] = (1, 2), lengths: tuple[int, int] = (2048, 4096),
+def measurement_lengths(config) -> tuple[int, int]:
+    """The two lengths the memory points use: 2K and 4K, or 2m and 4m for a model whose sliding window or
+    fast-weight chunk m is longer than 1K. What a layer keeps per cut state (the window's keys and values, the
+    unfinished chunk) grows with length only up to m; points inside that range would put the growth into the
+    layers x tokens term and extrapolate it to 16K."""
+    m = max(getattr(config, "window_size", 0) or 0, getattr(config, "lact_chunk_size", 0) or 0)
+    return (2 * m, 4 * m) if m > 1024 else (2048, 4096)
+
+
+def extrapolated_peak_gib(name: str, layers: tuple[int, int] = (1, 2), lengths: tuple[int, int] | None = None,
                           device: str = "cpu") -> dict[str, float]:
     """Measure the REFINE step peak at two depths x two lengths and extrapolate to the full depth at 16K."""
     full_layers = MODELS[name].make_config().num_hidden_layers
+    lengths = lengths or measurement_lengths(MODELS[name].make_config())
     peaks = {}
     for L in layers:
         for T in lengths:
