@@ -138,3 +138,14 @@ def test_dense_corpus_profile_is_a_named_source(tok):
     assert {d.kind for d in docs} <= set(dense.family_weights) | {"natural"}
     assert all(len(qa.answers) <= dense.max_keys for d in docs for qa in d.qas)
     assert sum(len(d.qas) for d in docs) > sum(len(make_document(0, i, 256, tok).qas) for i in range(40)) / 2
+
+
+def test_tables_profile_is_compact_key_value_rows_then_queried_rows(tok):
+    from refine_bench.train.pretrain_corpus import PROFILES, make_document
+
+    docs = [make_document(0, i, 256, tok, profile=PROFILES["corpus-tables"]) for i in range(10)]
+    assert {d.kind for d in docs} == {"table"}
+    for doc in docs:
+        for qa in doc.qas:
+            assert all(value.isdigit() for value in qa.answers)
+            assert doc.text.count(qa.answers[0]) >= 2  # stated in the table, then recalled

@@ -610,7 +610,9 @@ class CorpusProfile:
 
 
 # `corpus` is the full mix; `corpus-dense` keeps the recall families with short keys and digit values, fewer keys
-# per document and fewer natural documents, so a few-million-parameter model learns recall within minutes.
+# per document and fewer natural documents; `corpus-tables` is only compact key = value tables then queried rows
+# (the associative-recall drill): the first stage of a curriculum, where a 2-layer model starts copying values
+# within a few hundred steps while it does not on the other two mixes at the same budget (README, Models).
 PROFILES: dict[str, CorpusProfile] = {
     "corpus": CorpusProfile(),
     "corpus-dense": CorpusProfile(
@@ -618,6 +620,8 @@ PROFILES: dict[str, CorpusProfile] = {
         family_weights={"lookup": 0.35, "table": 0.3, "multiquery": 0.15, "multivalue": 0.1, "passcode": 0.1},
         key_styles={"pair": 3, "pseudo": 3, "unit": 1}, value_styles={"digits": 8, "word": 1, "alnum": 1},
         max_keys=16),
+    "corpus-tables": CorpusProfile(synthetic_fraction=1.0, family_weights={"table": 1.0},
+                                   key_styles={"pseudo": 1}, value_styles={"digits": 1}, max_keys=16),
 }
 
 
