@@ -207,12 +207,13 @@ def delta_rule(
         from fla.ops.delta_rule import chunk_delta_rule, fused_recurrent_delta_rule
 
         state = None if initial_state is None else initial_state.float()
-        q, k, v = (x.to(q.dtype).contiguous() for x in (q, k, v))  # fla asserts one input dtype
+        dtype = q.dtype  # fla asserts that q, k and v share one dtype
+        q, k, v = (x.to(dtype).contiguous() for x in (q, k, v))
         if mode == "chunk" and q.dtype != torch.float32:
-            o, final = chunk_delta_rule(q, k, v, beta.to(q.dtype), scale=scale, initial_state=state,
+            o, final = chunk_delta_rule(q, k, v, beta.to(dtype), scale=scale, initial_state=state,
                                         output_final_state=True)
         else:
-            o, final = fused_recurrent_delta_rule(q, k, v, beta.to(q.dtype), scale=scale, initial_state=state,
+            o, final = fused_recurrent_delta_rule(q, k, v, beta.to(dtype), scale=scale, initial_state=state,
                                                   output_final_state=True)
         return o, final.float()
     if mode == "recurrent":

@@ -20,10 +20,6 @@ SAFETENSORS_FILE = "model.safetensors"
 PICKLE_FILE = "pytorch_model.bin"
 
 
-def _read_json_object(path: Path) -> dict:
-    return read_json_object(path, CheckpointError)
-
-
 def read_config_dict(directory: Path) -> dict:
     """The parsed config.json of a checkpoint directory."""
     directory = Path(directory)
@@ -32,7 +28,7 @@ def read_config_dict(directory: Path) -> dict:
     path = directory / "config.json"
     if not path.is_file():
         raise UserInputError(f"{directory} is not a model checkpoint: config.json is missing")
-    return _read_json_object(path)
+    return read_json_object(path, CheckpointError)
 
 
 def load_safetensors_file(path: Path) -> dict[str, torch.Tensor]:
@@ -54,7 +50,7 @@ def load_state_dict(directory: Path, allow_pickle: bool = False) -> dict[str, to
     directory = Path(directory)
     index = directory / SAFETENSORS_INDEX
     if index.is_file():
-        weight_map = _read_json_object(index).get("weight_map")
+        weight_map = read_json_object(index, CheckpointError).get("weight_map")
         if not isinstance(weight_map, dict):
             raise CheckpointError(f"{index} has no 'weight_map' object")
         state: dict[str, torch.Tensor] = {}

@@ -9,7 +9,7 @@ Sources (`--data`):
 - `builtin`, a small corpus of standard-library docstrings for smoke runs;
 - `corpus[:SEED]`, the project's generated corpus (natural text + synthetic recall documents,
   `pretrain_corpus.py`), each document sized to the training length; SEED picks another stream (default 0).
-  Its synthetic documents train on their answers only (and on the natural text that follows them): the keys
+  Its synthetic documents train on their answers only (the natural text after them too with `tail_targets`): the keys
   and values a document states are random, so predicting them teaches nothing and, in a toy check (8
   key-value pairs, DeltaNet 2 x 128), drowned the recall signal: loss on every token left recall at chance
   after 800 steps where loss on the answers reached 98% in 300.
@@ -206,7 +206,8 @@ def packed_sequences(docs: Iterable[str], tokenizer, seq_len: int, limit: int | 
 
 
 def corpus_seed(source: str) -> int | None:
-    """The seed of a generated-corpus source (`corpus[:SEED]`, `corpus-dense[:SEED]`), or None for any other."""
+    """The seed of a generated-corpus source (`PROFILE[:SEED]` for a profile of `pretrain_corpus.PROFILES`:
+    corpus, corpus-dense, corpus-tables), or None for any other source."""
     from refine_bench.train.pretrain_corpus import PROFILES
 
     name, _, seed = str(source).partition(":")

@@ -241,7 +241,7 @@ def make_value(rng: random.Random, style: str) -> str:
 KEY_STYLES = {"pair": 3, "pseudo": 3, "hex": 2, "unit": 1, "name": 1}
 VALUE_STYLES = {"digits": 6, "hex": 2, "word": 1, "alnum": 1}
 DEFAULT_STYLES = (KEY_STYLES, VALUE_STYLES)
-Styles = tuple[dict[str, float], dict[str, float]] | None
+Styles = tuple[dict[str, float], dict[str, float]]  # key style weights, value style weights
 
 
 def _weighted(rng: random.Random, weights: dict[str, float]) -> str:
@@ -386,9 +386,9 @@ def _answer_text(rng: random.Random, values: Sequence[str]) -> str:
 
 
 def _lookup_task(rng: random.Random, cap: int, multivalue: bool = False, multiquery: bool = False,
-                 styles: Styles = None) -> _Task:
+                 styles: Styles = DEFAULT_STYLES) -> _Task:
     attr = rng.choice(ATTRIBUTES)
-    key_weights, value_weights = styles or DEFAULT_STYLES
+    key_weights, value_weights = styles
     key_style, value_style = _weighted(rng, key_weights), _weighted(rng, value_weights)
     fact = rng.choice(FACTS)
     if multiquery:
@@ -419,9 +419,9 @@ def _lookup_task(rng: random.Random, cap: int, multivalue: bool = False, multiqu
     return _Task(_fill(rng.choice(INTROS), a=attr), facts, questions, distractor, facts_in_order=multivalue)
 
 
-def _table_task(rng: random.Random, cap: int, styles: Styles = None) -> _Task:
+def _table_task(rng: random.Random, cap: int, styles: Styles = DEFAULT_STYLES) -> _Task:
     """A compact key: value table (no haystack between rows), then questions."""
-    key_weights, value_weights = styles or DEFAULT_STYLES
+    key_weights, value_weights = styles
     key_style, value_style = _weighted(rng, key_weights), _weighted(rng, value_weights)
     n = min(rng.randint(8, 32), max(cap, 2))
     keys = _new_keys(rng, n, key_style)
@@ -444,9 +444,9 @@ RECITE_QUESTIONS = (("Repeat the sequence.", "The sequence was"), ("What did the
                     ("Say the sequence again.", "Again:"))
 
 
-def _recite_task(rng: random.Random, cap: int, styles: Styles = None) -> _Task:
+def _recite_task(rng: random.Random, cap: int, styles: Styles = DEFAULT_STYLES) -> _Task:
     """A list of values stated once, to be repeated in order (plain copying over a distance)."""
-    style = _weighted(rng, (styles or DEFAULT_STYLES)[1])
+    style = _weighted(rng, styles[1])
     values = [make_value(rng, style) for _ in range(min(rng.randint(2, 8), max(cap, 2)))]
     i = rng.randrange(len(RECITE_FACTS))
     q, prefix = RECITE_QUESTIONS[i]
@@ -454,10 +454,10 @@ def _recite_task(rng: random.Random, cap: int, styles: Styles = None) -> _Task:
     return _Task("", [fact], [(q + rng.choice(("\n", " ")) + prefix, values)], None, answer_sep=" ")
 
 
-def _alias_task(rng: random.Random, cap: int, styles: Styles = None) -> _Task:
+def _alias_task(rng: random.Random, cap: int, styles: Styles = DEFAULT_STYLES) -> _Task:
     """Two hops: an alias names an entry, the entry has the value."""
     attr = rng.choice(ATTRIBUTES)
-    key_weights, value_weights = styles or DEFAULT_STYLES
+    key_weights, value_weights = styles
     key_style, value_style = _weighted(rng, key_weights), _weighted(rng, value_weights)
     n = min(rng.randint(1, 3), cap)
     keys = _new_keys(rng, 2 * n, key_style)
@@ -472,7 +472,7 @@ def _alias_task(rng: random.Random, cap: int, styles: Styles = None) -> _Task:
     return _Task("", facts, questions, None)
 
 
-def _make_task(rng: random.Random, family: str, cap: int = 64, styles: Styles = None) -> _Task:
+def _make_task(rng: random.Random, family: str, cap: int = 64, styles: Styles = DEFAULT_STYLES) -> _Task:
     """A task of `family` with at most `cap` keys (values, rows) where the family allows fewer."""
     if family == "lookup":
         return _lookup_task(rng, cap, styles=styles)
