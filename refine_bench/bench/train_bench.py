@@ -30,6 +30,7 @@ from refine_bench.models.zoo import MODELS, load_model
 from refine_bench.train.config import RefineConfig, TrainConfig
 from refine_bench.train.optimization import Example, optimize_items
 from refine_bench.train.parallel import DataParallel
+from refine_bench.train.precision import autocast
 from refine_bench.train.refine import collect_rollouts
 
 GIB = 1024**3
@@ -62,8 +63,9 @@ def _config(arm: str, batch: int, seq_len: int, mode: str = "branch") -> TrainCo
 
 
 def step_costs(model: torch.nn.Module, seq_len: int, batch: int = 4, repeats: int = 3, prefix: str = "",
-               recompute: bool = True) -> dict[str, float]:
-    """SFT and REFINE step seconds on one batch, the rollout phase (branch vs recompute) and the ratios."""
+               recompute: bool = True, precision: str = "fp32") -> dict[str, float]:
+    """SFT and REFINE step seconds on one batch, the rollout phase (branch vs recompute) and the ratios, all
+    computed in `precision` (bf16: autocast, as real-size training runs on CUDA)."""
     device = next(model.parameters()).device
     vocab = model.config.vocab_size
     g = torch.Generator().manual_seed(1)
@@ -74,13 +76,14 @@ def step_costs(model: torch.nn.Module, seq_len: int, batch: int = 4, repeats: in
 
     def step(arm: str) -> Callable[[], object]:
         cfg = _config(arm, batch, seq_len)
-        return lambda: optimize_items(engine, optimizer, cfg, items, with_rl=arm == "refine", step=0)
+        return lambda: optimize_items(engine, optimizer, cfg, items, with_rl=arm == "refine", step=0,
+                                      precision=precision)
 
     def rollouts(mode: str) -> Callable[[], object]:
         cfg = _config("refine", batch, seq_len, mode).refine
 
         def run():
-            with torch.no_grad():
+            with torch.no_grad(), autocast(precision, device):
                 for i, it in enumerate(items):
                     collect_rollouts(model, it.ids[None], cfg, torch.Generator().manual_seed(i))
         return run
@@ -221,7 +224,7 @@ def real_step_figures(name: str, seq_len: int = FULL_LENGTH, device: str = "cuda
     key = name.replace("-", "_").replace(".", "_")
     model = load_model(name, dtype=torch.float32, device=device, random_init=True)
     peak = refine_step_peak_bytes(model, seq_len, device)
-    costs = step_costs(model, seq_len, batch=1, repeats=1, recompute=False)
+    costs = step_costs(model, seq_len, batch=1, repeats=1, recompute=False, precision="bf16")
     return {f"{key}_refine_step_peak_gib_measured": peak / GIB,
             f"{key}_refine_tokens_per_s": seq_len / costs["refine_step_s"],
             f"{key}_sft_tokens_per_s": seq_len / costs["sft_step_s"],
