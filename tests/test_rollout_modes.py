@@ -12,9 +12,15 @@ from refine_bench.distributed import DistContext
 from refine_bench.models.deltanet import DeltaNetForCausalLM
 from refine_bench.models.lact import LaCTForCausalLM, lact_tiny_config
 from refine_bench.train.config import RefineConfig, TrainConfig
-from refine_bench.train.optimization import Example, optimize_items
+from refine_bench.train.optimization import Example, optimize_items, scan_groups
 from refine_bench.train.parallel import DataParallel
-from refine_bench.train.refine import clipped_surrogate, collect_rollouts, group_advantages, sequence_terms
+from refine_bench.train.refine import (
+    clipped_surrogate,
+    collect_group_rollouts,
+    collect_rollouts,
+    group_advantages,
+    sequence_terms,
+)
 from tests.conftest import small_deltanet_config
 
 
@@ -104,3 +110,27 @@ def test_official_lact_pads_pass_through_the_fast_weights():
                                 torch.Generator().manual_seed(11))
     assert masked.starts == official.starts and len(set(masked.starts)) > 1  # prefixes of different lengths
     assert not torch.allclose(masked.old_logp, official.old_logp, atol=1e-4)
+
+
+@pytest.mark.parametrize("make", [deltanet, lact], ids=["deltanet", "lact"])
+@pytest.mark.parametrize("selection", ["entropy", "argmax"])
+def test_group_scan_gives_each_sequence_what_it_gets_alone(make, selection):
+    """Sequences sharing one batched teacher-forced pass get the starts, samples, log-probs and rewards they get
+    scanned alone with the same generator (entropy sampling waits for the smoothing radius; argmax does not)."""
+    model = make()
+    ids = torch.randint(3, 97, (3, 80), generator=torch.Generator().manual_seed(9))
+    cfg = refine("branch", selection=selection)
+    together = collect_group_rollouts(model, ids, cfg, [torch.Generator().manual_seed(20 + b) for b in range(3)])
+    for b, got in enumerate(together):
+        alone = collect_rollouts(model, ids[b : b + 1], cfg, torch.Generator().manual_seed(20 + b))
+        assert got.starts == alone.starts and torch.equal(got.tokens, alone.tokens)
+        torch.testing.assert_close(got.old_logp, alone.old_logp, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got.rewards, alone.rewards, atol=1e-5, rtol=1e-5)
+    assert len({tuple(r.starts) for r in together}) > 1, "the rows must choose different positions"
+
+
+def test_scan_groups_share_a_length_within_the_token_budget():
+    items = [Example(torch.zeros(n, dtype=torch.long)) for n in (40, 40, 60, 40, 60, 40)]
+    assert scan_groups(items, [0, 1, 2, 3, 4, 5], max_tokens=100) == [[0, 1], [3, 5], [2], [4]]
+    assert scan_groups(items, [0, 2, 3], max_tokens=10) == [[0], [3], [2]]
+    assert scan_groups(items, [1, 3, 5], max_tokens=10**6) == [[1, 3, 5]]

@@ -19,7 +19,12 @@ from refine_bench.distributed import DistContext
 from refine_bench.train.config import TrainConfig
 from refine_bench.train.parallel import DataParallel
 from refine_bench.train.precision import autocast
-from refine_bench.train.refine import Rollouts, collect_rollouts, combined_loss, sequence_terms
+from refine_bench.train.refine import Rollouts, collect_group_rollouts, combined_loss, sequence_terms
+
+# Sequences whose rollout scans run as one batched pass hold at most this many tokens together: the paper's
+# 16K-token sequences scan one at a time (what `bench train --memory` measures), shorter ones share a pass.
+# Each row keeps its own boundary states, so this bounds the scan's state memory too.
+SCAN_TOKENS = 16384
 
 
 @dataclass
@@ -87,10 +92,10 @@ def optimize_items(
         model.eval()
         try:
             with engine.gathered(), autocast(precision, device):
-                for i in local:
-                    if can_rl[i]:
-                        generator = sequence_generator(config.seed, step, i)
-                        rollouts[i] = collect_rollouts(model, items[i].ids[None], rcfg, generator)
+                for group in scan_groups(items, [i for i in local if can_rl[i]]):
+                    generators = [sequence_generator(config.seed, step, i) for i in group]
+                    ids = torch.stack([items[i].ids for i in group])
+                    rollouts.update(zip(group, collect_group_rollouts(model, ids, rcfg, generators), strict=True))
         except RuntimeError as exc:
             if not _non_finite_draw(exc):
                 raise
@@ -146,6 +151,18 @@ def optimize_items(
     else:
         metrics["loss"] = metrics["loss_ntp"]
     return PassResult(metrics, rollouts, ntp_only)
+
+
+def scan_groups(items: list[Example], indices: list[int], max_tokens: int = SCAN_TOKENS) -> list[list[int]]:
+    """`indices` grouped for the rollout scan: sequences of one length, in order of first appearance, at most
+    `max_tokens` tokens per group (at least one sequence)."""
+    by_length: dict[int, list[list[int]]] = {}
+    for i in indices:
+        groups = by_length.setdefault(len(items[i].ids), [[]])
+        if groups[-1] and (len(groups[-1]) + 1) * len(items[i].ids) > max_tokens:
+            groups.append([])
+        groups[-1].append(i)
+    return [g for groups in by_length.values() for g in groups]
 
 
 def forward_groups(items: list[Example], indices: list[int], rollouts: dict[int, Rollouts]) -> list[list[int]]:

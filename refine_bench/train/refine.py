@@ -209,17 +209,28 @@ class SequenceTerms:
 def collect_rollouts(model, ids: torch.Tensor, cfg: RefineConfig, generator: torch.Generator | None = None
                      ) -> Rollouts:
     """Steps 1-6 for one unpadded sequence ids [1, S] with the current policy (no grad)."""
+    return collect_group_rollouts(model, ids, cfg, [generator])[0]
+
+
+@torch.no_grad()
+def collect_group_rollouts(model, ids: torch.Tensor, cfg: RefineConfig,
+                           generators: list[torch.Generator | None]) -> list[Rollouts]:
+    """Steps 1-6 for B unpadded sequences of one length, ids [B, S], each with its own generator: the
+    teacher-forced pass runs batched, the rollouts per sequence. Each sequence gets what it would get alone."""
     from refine_bench.train.rollout_engine import rollout_engine
 
     engine = rollout_engine(cfg)
-    scan = engine.scan(model, ids, cfg, generator)
-    tokens, old_logp, h_pred = engine.sample(model, ids, scan, cfg, generator)
     k, n = cfg.rollout_len, cfg.num_rollouts
-    h_gt = torch.stack([scan.hidden[s : s + k] for s in scan.starts]).repeat_interleave(n, 0)
-    target = torch.stack([ids[0, s : s + k] for s in scan.starts]).repeat_interleave(n, 0)
-    rewards = rollout_rewards(cfg.reward, h_pred, h_gt, tokens, target)
-    return Rollouts(scan.starts, tokens, old_logp, rewards, rollout_groups(len(scan.starts), n).to(rewards.device),
-                    float(scan.entropy.mean()))
+    out = []
+    for b, scan in enumerate(engine.scan_group(model, ids, cfg, generators)):
+        row = ids[b : b + 1]
+        tokens, old_logp, h_pred = engine.sample(model, row, scan, cfg, generators[b])
+        h_gt = torch.stack([scan.hidden[s : s + k] for s in scan.starts]).repeat_interleave(n, 0)
+        target = torch.stack([row[0, s : s + k] for s in scan.starts]).repeat_interleave(n, 0)
+        rewards = rollout_rewards(cfg.reward, h_pred, h_gt, tokens, target)
+        out.append(Rollouts(scan.starts, tokens, old_logp, rewards,
+                            rollout_groups(len(scan.starts), n).to(rewards.device), float(scan.entropy.mean())))
+    return out
 
 
 def sequence_terms(model, ids: torch.Tensor, cfg: RefineConfig, rollouts: Rollouts | None,

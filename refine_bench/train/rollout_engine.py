@@ -3,8 +3,9 @@ recompute every prefix from scratch as the paper's code does. Both give the same
 and gradients; they differ in cost.
 
 branch     One no-grad pass over the sequence, in pieces, gives the entropies, the last-layer hidden states
-           and the states at piece boundaries (a few per selection chunk). A chunk's position is chosen as
-           soon as the pass has its entropies; the state at it is a short re-forward from the nearest
+           and the states at piece boundaries (a few per selection chunk); sequences of one length share it
+           as one batch (`scan_group`), each drawing its positions from its own generator. A chunk's position
+           is chosen as soon as the pass has its entropies; the state at it is a short re-forward from the nearest
            boundary state (or a cut of the pass itself, when the position lies ahead). The c*n rollouts then
            decode as one batch. The grad pass cuts the sequence at the starts and branches the grad-carrying
            states, so the GRPO gradient reaches what the prefix wrote into the fast weights.
@@ -130,9 +131,15 @@ def _rollout_logp(step_logits: torch.Tensor, tokens: torch.Tensor, cfg: RefineCo
 class BranchEngine:
     """States branched off the teacher-forced pass (see the module docstring)."""
 
-    @torch.no_grad()
     def scan(self, model, ids: torch.Tensor, cfg: RefineConfig, generator: torch.Generator | None) -> Scan:
-        length = ids.shape[1]
+        return self.scan_group(model, ids, cfg, [generator])[0]
+
+    @torch.no_grad()
+    def scan_group(self, model, ids: torch.Tensor, cfg: RefineConfig,
+                   generators: list[torch.Generator | None]) -> list[Scan]:
+        """The scans of B sequences of one length, ids [B, S], in one batched pass; each sequence draws its
+        positions from its own generator, so a sequence gets the same scan alone or in any group."""
+        rows, length = ids.shape
         if length < cfg.min_sequence_length():
             raise ValueError(f"sequence of {length} tokens is too short for {cfg.num_chunks} chunks with a margin "
                              f"of {cfg.margin}")
@@ -141,44 +148,46 @@ class BranchEngine:
         stride = max(1, -(-length // (BOUNDARIES_PER_CHUNK * c)))
         radius = selection_radius(cfg)
         cache, pos = model.new_cache(), 0
-        kept: list[tuple[int, FastWeightCache]] = []  # boundary states still needed, by position
-        waiting: dict[int, list[int]] = {}  # a position ahead of the pass -> chunks whose state is taken there
+        kept: list[tuple[int, FastWeightCache]] = []  # boundary states (all rows) still needed, by position
+        waiting: dict[int, list[tuple[int, int]]] = {}  # a position ahead of the pass -> (row, chunk) taken there
         entropies, hiddens = [], []
-        starts: list[int | None] = [None] * c
-        states: list[FastWeightCache | None] = [None] * c
+        starts: list[list[int]] = [[0] * c for _ in range(rows)]
+        states: list[list[FastWeightCache | None]] = [[None] * c for _ in range(rows)]
         chosen = 0
         while chosen < c or waiting:
             end = min([(pos // stride + 1) * stride, length, *[p for p in waiting if p > pos]])
             out = _forward(model, ids[:, pos:end], cache, hidden=True)
             cache = out.cache
-            entropies.append(next_token_entropy(out.logits[0]))
-            hiddens.append(out.hidden_states[-1][0])
+            entropies.append(next_token_entropy(out.logits))
+            hiddens.append(out.hidden_states[-1])
             pos = end
-            for i in waiting.pop(pos, []):
-                states[i] = cache
+            for b, i in waiting.pop(pos, []):
+                states[b][i] = cache.index_select([b])
             if pos < length:
                 kept.append((pos, cache))
-            entropy = selection_entropy(torch.cat(entropies), cfg)
+            entropy = selection_entropy(torch.cat(entropies, dim=1), cfg)
             while chosen < c and (pos == length or pos >= bounds[chosen + 1] + radius):
                 i, chosen = chosen, chosen + 1
-                s = select_start(entropy, bounds[i], bounds[i + 1], length, cfg, generator)
-                starts[i] = s
-                if s > pos:
-                    waiting.setdefault(s, []).append(i)
-                    continue
-                base = max((p for p, _ in kept if p <= s), default=0)
-                base_state = next((st for p, st in kept if p == base), None)
-                states[i] = _reforward(model, ids, base, s, base_state)
+                for b in range(rows):
+                    s = select_start(entropy[b], bounds[i], bounds[i + 1], length, cfg, generators[b])
+                    starts[b][i] = s
+                    if s > pos:
+                        waiting.setdefault(s, []).append((b, i))
+                        continue
+                    base = max((p for p, _ in kept if p <= s), default=0)
+                    base_state = next((st.index_select([b]) for p, st in kept if p == base), None)
+                    states[b][i] = _reforward(model, ids[b : b + 1], base, s, base_state)
             if chosen < c:  # drop boundary states no remaining chunk can start from
                 lowest = start_range(bounds[chosen], bounds[chosen + 1], length, cfg.margin)[0]
                 floor = max((p for p, _ in kept if p <= lowest), default=0)
                 kept = [(p, st) for p, st in kept if p >= floor]
             else:
                 kept = []
-        hidden = torch.cat(hiddens)
+        entropy, hidden = torch.cat(entropies, dim=1), torch.cat(hiddens, dim=1)
+        head = model.get_output_embeddings()
         # the logits at s - 1, recomputed from the kept hidden states rather than keeping [S, V] logits
-        first = model.get_output_embeddings()(hidden[[s - 1 for s in starts]]).float()
-        return Scan(torch.cat(entropies), hidden, list(starts), stack_states(states), first)
+        return [Scan(entropy[b], hidden[b], starts[b], stack_states(states[b]),
+                     head(hidden[b][[s - 1 for s in starts[b]]]).float()) for b in range(rows)]
 
     def sample(self, model, ids, scan: Scan, cfg: RefineConfig, generator):
         return sample_continuations(model, scan.states, scan.first_logits, cfg, generator)
@@ -231,6 +240,9 @@ class RecomputeEngine:
         entropy = next_token_entropy(out.logits[0])
         starts = select_positions(entropy, cfg, generator)
         return Scan(entropy, out.hidden_states[-1][0], starts, None, out.logits[0, [s - 1 for s in starts]].float())
+
+    def scan_group(self, model, ids: torch.Tensor, cfg: RefineConfig, generators) -> list[Scan]:
+        return [self.scan(model, ids[b : b + 1], cfg, g) for b, g in enumerate(generators)]
 
     @torch.no_grad()
     def sample(self, model, ids, scan: Scan, cfg: RefineConfig, generator):
