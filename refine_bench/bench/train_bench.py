@@ -36,6 +36,7 @@ from refine_bench.train.refine import collect_group_rollouts
 GIB = 1024**3
 BUDGET_GIB = 80.0
 FULL_LENGTH = 16384
+WARMUP_LENGTH = 1024  # `--real`: a short step first, so Triton's one-off compile is timed apart
 
 
 def bench_deltanet(layers: int = 4, hidden: int = 256, vocab: int = 512) -> DeltaNetForCausalLM:
@@ -217,9 +218,6 @@ def run_memory_bench(device: str = "cpu") -> dict[str, float]:
     for name in ("deltanet-1.3b", "lact-760m"):
         results.update(extrapolated_peak_gib(name, device=device))
     return results
-
-
-WARMUP_LENGTH = 1024
 
 
 def real_step_figures(name: str, seq_len: int = FULL_LENGTH, device: str = "cuda") -> dict[str, float]:

@@ -205,7 +205,6 @@ class SequenceTerms:
     rl_tokens: int
 
 
-@torch.no_grad()
 def collect_rollouts(model, ids: torch.Tensor, cfg: RefineConfig, generator: torch.Generator | None = None
                      ) -> Rollouts:
     """Steps 1-6 for one unpadded sequence ids [1, S] with the current policy (no grad)."""
