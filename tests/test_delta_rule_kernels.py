@@ -147,3 +147,18 @@ def test_short_conv_matches_padded_conv1d_and_carries_state(T):
         y2, s2 = causal_depthwise_conv1d(x[:, t:], w, s1)
         torch.testing.assert_close(torch.cat([y1, y2], 1), ref, atol=1e-6, rtol=1e-6)
         torch.testing.assert_close(s2, state)
+
+
+@pytest.mark.parametrize("T,H,D,chunk", [(128, 2, 16, 16), (128, 2, 16, 8), (96, 3, 8, 32)])
+def test_chunked_flop_count_matches_the_hand_count(T, H, D, chunk):
+    """`bench kernels` divides by the chunked kernel's executed flops. By hand, per chunk of C tokens and head
+    (K = V = D), the forward's multiply-adds are K_b K^T, T^-1 K_b, T^-1 V_b, Q K^T, (Q K^T) u: 5 C^2 D, and
+    W S, the state update, Q S: 3 C D^2; backward, two products per forward product plus the inverse's two
+    C^3 ones. The effective (recurrent-form) count is 18 D^2 per token and head."""
+    from refine_bench.bench.kernels_bench import delta_rule_flops
+
+    effective, executed = delta_rule_flops(T=T, H=H, D=D, chunk_size=chunk)
+    forward_macs = 5 * chunk**2 * D + 3 * chunk * D**2
+    per_chunk_and_head = 2 * (3 * forward_macs + 2 * chunk**3)
+    assert executed == per_chunk_and_head * (T // chunk) * H
+    assert effective == 18 * D * D * T * H
