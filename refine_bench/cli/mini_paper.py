@@ -107,7 +107,7 @@ def mini_paper_command(
     out: Path = typer.Option(Path("results/mini-paper"), help="Folder for records, checkpoints and tables."),
     quick: bool = typer.Option(False, "--quick", help="A CI-sized run: 2 seeds, 3 steps, 4 tasks at 1K, 4 "
                                "samples (checks the pipeline; the numbers mean little)."),
-    models: str | None = typer.Option(None, help="Comma-separated models (default: deltanet-small,lact-small)."),
+    models: str | None = typer.Option(None, help="Comma-separated models (default: " + ",".join(DEFAULT_MODELS) + ")."),
     seeds: str | None = typer.Option(None, help="Comma-separated seeds (default 0,1,2)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda."),
 ) -> None:

@@ -50,20 +50,19 @@ def lact_tiny_config(**overrides: Any) -> LaCTConfig:
 
 
 # The project-pretrained small models (`make small-models`, shipped under refine_bench/models/assets/<name>/).
-# Placeholder shapes until the pretraining script settles them; whoever changes the shipped config.json
-# changes these to match (a test compares them when the files exist).
+# These shapes are what `make small-models` pretrains from; whoever changes them rebuilds the shipped weights
+# (a test compares them with the shipped config.json when the files exist).
 
 
 def deltanet_small_config(**overrides: Any) -> DeltaNetConfig:
-    """Small DeltaNet: 4 layers, hidden 256, 4 heads of 64, the tiny tokenizer's vocabulary (placeholder)."""
+    """Small DeltaNet: 4 layers, hidden 256, 4 heads of 64, the tiny tokenizer's vocabulary."""
     kwargs = dict(vocab_size=TINY_VOCAB_SIZE, hidden_size=256, num_hidden_layers=4, num_heads=4, hidden_ratio=4,
                   conv_size=4, max_position_embeddings=1 << 16, chunk_size=64)
     return DeltaNetConfig(**{**kwargs, **overrides})
 
 
 def lact_small_config(**overrides: Any) -> LaCTConfig:
-    """Small LaCT: 4 layers, hidden 256, chunk and window 128 so short training texts update the fast weights
-    (placeholder)."""
+    """Small LaCT: 4 layers, hidden 256, chunk and window 128 so short training texts update the fast weights."""
     kwargs = dict(
         hidden_size=256, num_hidden_layers=4, num_attn_heads=4, num_lact_heads=2, inter_multi=1,
         lact_chunk_size=128, window_size=128, use_muon=False, use_momentum=True, w0_w2_low_rank=16,
