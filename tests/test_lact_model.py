@@ -206,7 +206,9 @@ def test_760m_config_on_meta_has_the_hand_counted_parameters():
 
 
 @pytest.mark.parametrize("field,value", [("lact_chunk_size", 0), ("window_size", -1), ("lact_chunk_size", 10**6),
-                                         ("window_size", 2.5), ("ttt_prenorm", True)])
+                                         ("window_size", 2.5), ("ttt_prenorm", True),
+                                         ("fast_weight_base_lr", 0.0), ("fast_weight_base_lr", -1e-3),
+                                         ("fast_weight_base_lr", True)])
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(UserInputError, match=field):
         small_config(**{field: value})
@@ -215,3 +217,59 @@ def test_bad_config_names_the_field(field, value):
 def test_tiny_config_updates_fast_weights_on_short_inputs():
     cfg = lact_tiny_config()
     assert cfg.lact_chunk_size <= 64 and cfg.vocab_size == 512
+
+
+def test_closed_ttt_gate_makes_the_output_independent_of_the_fast_weights():
+    """zero_init_ttt_scale: at initialisation the fast-weight branch adds exactly nothing (silu(0) = 0), so any
+    change of the fast weights leaves the logits unchanged, while the gate still receives a gradient."""
+    torch.manual_seed(0)
+    m = LaCTForCausalLM(small_config(zero_init_ttt_scale=True))
+    gate = m.model.layers[0].attn.ttt_scale_proj
+    assert gate.weight.abs().max() == 0 and gate.bias.abs().max() == 0
+    x = ids(T=3 * CHUNK)
+    with torch.no_grad():
+        before = m(x).logits
+        for layer in m.model.layers:
+            layer.attn.w1.mul_(-3.0)
+            layer.attn.lr_proj.bias.fill_(2.0)
+        after = m(x).logits
+    assert torch.equal(before, after)
+    m(x, labels=x).loss.backward()
+    assert gate.weight.grad.abs().max() > 0
+    torch.manual_seed(0)
+    default = LaCTForCausalLM(small_config()).model.layers[0].attn.ttt_scale_proj
+    assert default.weight.abs().max() > 0  # the repo's random draw stays the default
+
+
+def test_fast_weight_base_lr_equals_shifting_the_lr_projection_bias():
+    """softplus(z + inv_softplus(b)) with the base lr b as a config field is the same model as the repo's base lr
+    1e-3 with lr_proj's bias shifted by inv_softplus(b) - inv_softplus(1e-3)."""
+    from refine_bench.models.lact import BASE_LR, inv_softplus
+
+    base = 0.016
+    torch.manual_seed(0)
+    scaled = LaCTForCausalLM(small_config(fast_weight_base_lr=base)).eval()
+    shifted = LaCTForCausalLM(small_config()).eval()
+    shifted.load_state_dict(scaled.state_dict())
+    with torch.no_grad():
+        for layer in shifted.model.layers:
+            layer.attn.lr_proj.bias.add_(inv_softplus(base) - inv_softplus(BASE_LR))
+    x = ids(T=3 * CHUNK + 1)
+    with torch.no_grad():
+        a, b = scaled(x, use_cache=True), shifted(x, use_cache=True)
+    torch.testing.assert_close(a.logits, b.logits, atol=1e-5, rtol=1e-5)
+    for key in ("w0", "w1", "w2"):
+        torch.testing.assert_close(a.cache.layers[1][key], b.cache.layers[1][key], atol=1e-5, rtol=1e-5)
+    plain = LaCTForCausalLM(small_config()).eval()
+    plain.load_state_dict(scaled.state_dict())
+    with torch.no_grad():
+        assert (plain(x).logits - a.logits).abs().max() > 1e-4  # the base lr does change the model
+    assert abs(torch.nn.functional.softplus(torch.tensor(inv_softplus(base))).item() - base) < 1e-7
+
+
+def test_small_model_knobs_round_trip_through_config_json(tmp_path):
+    cfg = small_config(fast_weight_base_lr=0.02, zero_init_ttt_scale=True)
+    cfg.save_pretrained(tmp_path)
+    loaded = LaCTConfig.from_pretrained(tmp_path)
+    assert loaded.fast_weight_base_lr == 0.02 and loaded.zero_init_ttt_scale is True
+    assert LaCTConfig().fast_weight_base_lr == 1e-3 and LaCTConfig().zero_init_ttt_scale is False

@@ -37,7 +37,7 @@ from refine_bench.models.cache import FastWeightCache
 from refine_bench.models.config import FastWeightConfig
 from refine_bench.models.layers import RMSNorm
 
-BASE_LR = 1e-3  # softplus(0 + inv_softplus(BASE_LR)) = BASE_LR: the learning rate at a zero projection
+BASE_LR = 1e-3  # the repo's: softplus(0 + inv_softplus(base lr)) = base lr, the learning rate at a zero projection
 FW_NORM_EPS = 1e-5  # fla's RMSNorm default, used by the repo for ttt_norm and q/k norms
 L2_EPS = 1e-5
 
@@ -52,7 +52,12 @@ class LaCTConfig(FastWeightConfig):
     Speed-only switches of the repo (fuse_norm, fuse_swiglu, fuse_cross_entropy, use_fused_kernel,
     last_layer_fuse_norm) are kept and ignored; the fast-weight state is always float32 (fp32_states).
     Additions: muon_fp32 runs Muon's Newton-Schulz iteration in float32 instead of the repo's bfloat16;
-    compile_fast_weights runs the fast-weight chunk update through torch.compile (for long GPU runs).
+    compile_fast_weights runs the fast-weight chunk update through torch.compile (for long GPU runs);
+    fast_weight_base_lr is the fast weights' per-token learning rate at a zero lr_proj output (the repo
+    hard-codes 1e-3, sized for its 2,048-token chunks: an update sums over its chunk's tokens);
+    zero_init_ttt_scale starts ttt_scale_proj at zero, so the fast-weight branch's output gate silu(0) = 0
+    is closed at initialisation and opens as training finds it useful (the repo draws it at random).
+    The defaults of both are the repo's.
     """
 
     model_type = "lact_swiglu"
@@ -83,6 +88,8 @@ class LaCTConfig(FastWeightConfig):
     fw_init_gain: float = 0.5
     muon_fp32: bool = False
     compile_fast_weights: bool = False
+    fast_weight_base_lr: float = BASE_LR
+    zero_init_ttt_scale: bool = False
 
     def validate_shapes(self) -> None:
         """Raise UserInputError naming the field for settings this implementation cannot run."""
@@ -110,6 +117,9 @@ class LaCTConfig(FastWeightConfig):
             )
         if self.fw_hidden_dim < 1:
             raise UserInputError(f"LaCTConfig.inter_multi={self.inter_multi} gives an empty fast-weight MLP")
+        lr = self.fast_weight_base_lr
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < 1e3:
+            raise UserInputError(f"LaCTConfig.fast_weight_base_lr must be a positive number, got {lr!r}")
         if self.w0_w2_low_rank == 0 or not isinstance(self.w0_w2_low_rank, int):
             raise UserInputError(f"LaCTConfig.w0_w2_low_rank must be -1 (full) or a positive rank, "
                                  f"got {self.w0_w2_low_rank!r}")
@@ -207,7 +217,7 @@ class LaCTAttention(nn.Module):
         self.ttt_norm = RMSNorm(d, eps=FW_NORM_EPS)
         if config.use_momentum:
             self.momentum_proj = nn.Sequential(nn.Linear(h, H), nn.Sigmoid())
-        self.base_lr_inv = inv_softplus(BASE_LR)
+        self.base_lr_inv = inv_softplus(float(config.fast_weight_base_lr))
         self.reset_fast_weights()
 
     @classmethod
@@ -219,10 +229,14 @@ class LaCTAttention(nn.Module):
                             None if first is None else first["seen"], keep_state=cache is not None)
 
     def reset_fast_weights(self) -> None:
-        """The repo's initialisation of the initial fast weights and the q/k scale and offset."""
+        """The repo's initialisation of the initial fast weights and the q/k scale and offset (and the closed
+        output gate when config.zero_init_ttt_scale)."""
         with torch.no_grad():
             self.qk_scale.fill_(1.0)
             self.qk_offset.zero_()
+            if self.config.zero_init_ttt_scale and self.config.learnable_ttt_scale:
+                self.ttt_scale_proj.weight.zero_()
+                self.ttt_scale_proj.bias.zero_()
         for w in (self.w0, self.w2):
             if isinstance(w, LowRankFastWeight):
                 w.reset_parameters()
