@@ -4,6 +4,7 @@ checkpoints in the LaCT repo's key layout, the 760M config, and config errors (f
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -273,3 +274,29 @@ def test_small_model_knobs_round_trip_through_config_json(tmp_path):
     loaded = LaCTConfig.from_pretrained(tmp_path)
     assert loaded.fast_weight_base_lr == 0.02 and loaded.zero_init_ttt_scale is True
     assert LaCTConfig().fast_weight_base_lr == 1e-3 and LaCTConfig().zero_init_ttt_scale is False
+
+
+GOLDEN = Path(__file__).parent / "data" / "lact_repo_layer_golden.safetensors"
+
+
+@pytest.mark.parametrize("tag,low_rank,momentum", [("lowrank_momentum", 4, True), ("fullrank", -1, False)])
+def test_layer_equals_the_lact_repo_layer_on_its_recorded_outputs(tag, low_rank, momentum):
+    """Parity with the LaCT repo's own layer: the fixture holds the weights, the input and the output of the repo's
+    `LaCTSWIGLULayer` (lact_llm at commit 1f84d47, float32 on a CPU, fla's RMSNorm / rotary replaced by plain
+    torch), produced once outside this project. Learning rates ~3 make the chunk updates change the output."""
+    from safetensors.torch import load_file
+
+    from refine_bench.models.lact import LaCTAttention
+
+    data = load_file(GOLDEN)
+    prefix = f"{tag}.state."
+    state = {k[len(prefix):]: v for k, v in data.items() if k.startswith(prefix)}
+    cfg = LaCTConfig(hidden_size=64, num_hidden_layers=1, num_attn_heads=4, num_lact_heads=2, lact_chunk_size=16,
+                     window_size=12, w0_w2_low_rank=low_rank, use_momentum=momentum, use_muon=False,
+                     rope_theta=1e6, max_position_embeddings=4096, vocab_size=64)
+    layer = LaCTAttention(cfg, 0)
+    layer.load_state_dict(state, strict=True)
+    x = data[f"{tag}.x"]
+    with torch.no_grad():
+        out, _ = layer(x, LaCTAttention.context(cfg, x, None, None), None)
+    torch.testing.assert_close(out, data[f"{tag}.expected"], atol=2e-5, rtol=1e-5)
