@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from refine_bench.errors import CheckpointError, UserInputError
-from refine_bench.models.lact import LaCTConfig, LaCTForCausalLM
+from refine_bench.models.lact import BASE_LR, LaCTAttention, LaCTConfig, LaCTForCausalLM, inv_softplus
 from refine_bench.models.zoo_configs import lact_760m_config, lact_tiny_config
 from tests.model_contract import (
     check_branch_gradient,
@@ -245,8 +245,6 @@ def test_closed_ttt_gate_makes_the_output_independent_of_the_fast_weights():
 def test_fast_weight_base_lr_equals_shifting_the_lr_projection_bias():
     """softplus(z + inv_softplus(b)) with the base lr b as a config field is the same model as the repo's base lr
     1e-3 with lr_proj's bias shifted by inv_softplus(b) - inv_softplus(1e-3)."""
-    from refine_bench.models.lact import BASE_LR, inv_softplus
-
     base = 0.016
     torch.manual_seed(0)
     scaled = LaCTForCausalLM(small_config(fast_weight_base_lr=base)).eval()
@@ -284,10 +282,6 @@ def test_layer_equals_the_lact_repo_layer_on_its_recorded_outputs(tag, low_rank,
     """Parity with the LaCT repo's own layer: the fixture holds the weights, the input and the output of the repo's
     `LaCTSWIGLULayer` (lact_llm at commit 1f84d47, float32 on a CPU, fla's RMSNorm / rotary replaced by plain
     torch), produced once outside this project. Learning rates ~3 make the chunk updates change the output."""
-    from safetensors.torch import load_file
-
-    from refine_bench.models.lact import LaCTAttention
-
     data = load_file(GOLDEN)
     prefix = f"{tag}.state."
     state = {k[len(prefix):]: v for k, v in data.items() if k.startswith(prefix)}

@@ -119,7 +119,7 @@ class LaCTConfig(FastWeightConfig):
             raise UserInputError(f"LaCTConfig.inter_multi={self.inter_multi} gives an empty fast-weight MLP")
         lr = self.fast_weight_base_lr
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < 1e3:
-            raise UserInputError(f"LaCTConfig.fast_weight_base_lr must be a positive number, got {lr!r}")
+            raise UserInputError(f"LaCTConfig.fast_weight_base_lr must be a number in (0, 1000), got {lr!r}")
         if self.w0_w2_low_rank == 0 or not isinstance(self.w0_w2_low_rank, int):
             raise UserInputError(f"LaCTConfig.w0_w2_low_rank must be -1 (full) or a positive rank, "
                                  f"got {self.w0_w2_low_rank!r}")
