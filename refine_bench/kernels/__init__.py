@@ -1,7 +1,8 @@
 """Fast-weight kernels shared by every model, each beside its naive reference (as in fla):
 
-- delta rule: `delta_rule_chunked` (WY/UT form, training and prefill) and `delta_rule_recurrent` (the token
-  loop: the reference, and the decoding path); `delta_rule` dispatches between them and fla's Triton kernels;
+- delta rule: `delta_rule_chunked` (WY/UT form, training and prefill), `delta_rule_fused_cpu` (one compiled
+  loop per head, training and prefill on the CPU) and `delta_rule_recurrent` (the token loop: the reference,
+  and the decoding path); `delta_rule` dispatches between them and fla's Triton kernels;
 - causal depthwise short convolution with a carried state;
 - LaCT: `lact_swiglu` (chunked apply-then-update of SwiGLU fast weights), reference `lact_swiglu_naive`;
 - sliding-window attention: `window_attention` (SDPA, window cache), reference `window_attention_naive`.
@@ -15,12 +16,13 @@ from refine_bench.kernels.attention import apply_rope, empty_window_cache, rope_
 from refine_bench.kernels.attention_naive import window_attention_naive
 from refine_bench.kernels.backend import BACKENDS, fla_available, resolve_backend
 from refine_bench.kernels.delta_rule import (
-    check_delta_rule_args,
     delta_rule,
     delta_rule_chunked,
     delta_rule_recurrent,
     delta_rule_step,
 )
+from refine_bench.kernels.delta_rule_args import check_delta_rule_args
+from refine_bench.kernels.delta_rule_cpu import cpu_kernel_available, delta_rule_fused_cpu
 from refine_bench.kernels.lact import (
     LaCTPlan,
     init_lact_state,
@@ -40,8 +42,10 @@ __all__ = [
     "apply_rope",
     "causal_depthwise_conv1d",
     "check_delta_rule_args",
+    "cpu_kernel_available",
     "delta_rule",
     "delta_rule_chunked",
+    "delta_rule_fused_cpu",
     "delta_rule_recurrent",
     "delta_rule_step",
     "empty_window_cache",

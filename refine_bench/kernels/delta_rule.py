@@ -13,23 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from refine_bench.kernels.backend import resolve_backend
-from refine_bench.kernels.validation import autocast_off, check_tensor
-
-
-def check_delta_rule_args(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, initial_state: torch.Tensor | None
-) -> tuple[int, int, int, int, int]:
-    """Validate shapes; return (B, T, H, K, V)."""
-    check_tensor("q", q, [None, None, None, None], "[B, T, H, K]")
-    B, T, H, K = q.shape
-    check_tensor("k", k, [B, T, H, K], "[B, T, H, K] (same as q)")
-    check_tensor("v", v, [B, T, H, None], "[B, T, H, V]")
-    V = v.shape[-1]
-    check_tensor("beta", beta, [B, T, H], "[B, T, H]")
-    if initial_state is not None:
-        check_tensor("initial_state", initial_state, [B, H, K, V], "[B, H, K, V]")
-    return B, T, H, K, V
+from refine_bench.kernels.backend import BACKENDS, resolve_backend
+from refine_bench.kernels.delta_rule_args import check_delta_rule_args
+from refine_bench.kernels.delta_rule_cpu import delta_rule_fused_cpu
+from refine_bench.kernels.validation import autocast_off
 
 
 def _start(q, k, v, beta, initial_state, scale) -> tuple[tuple[int, int, int, int, int], float, torch.Tensor]:
@@ -196,13 +183,18 @@ def delta_rule(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Delta rule over a sequence; returns (o [B, T, H, V], final state [B, H, K, V] float32).
 
-    mode: 'chunk' (training, prefill) or 'recurrent' (decoding); backend: 'auto', 'torch' or 'fla' (see
-    `resolve_backend`). On the fla backend the state is returned in float32 like the torch path; fla's chunk
-    kernel needs 16-bit inputs, so float32 inputs take the recurrent fla kernel there.
+    mode: 'chunk' (training, prefill) or 'recurrent' (decoding); backend: 'auto', 'torch', 'cpp' or 'fla'
+    (see `resolve_backend`). 'chunk' on the cpp backend is the fused CPU kernel (`delta_rule_fused_cpu`);
+    'recurrent' off CUDA is always the PyTorch token loop, the cheapest for a few tokens. On the fla backend the
+    state is returned in float32 like the torch path; fla's chunk kernel needs 16-bit inputs, so float32 inputs
+    take the recurrent fla kernel there.
     """
     if mode not in ("chunk", "recurrent"):
         raise ValueError(f"mode must be 'chunk' or 'recurrent', got {mode!r}")
-    if resolve_backend(backend, q.device) == "fla":
+    if mode == "recurrent" and q.device.type != "cuda" and backend in BACKENDS and backend != "fla":
+        return delta_rule_recurrent(q, k, v, beta, initial_state, scale=scale)
+    resolved = resolve_backend(backend, q.device)
+    if resolved == "fla":
         check_delta_rule_args(q, k, v, beta, initial_state)  # the torch kernels check their own arguments
         from fla.ops.delta_rule import chunk_delta_rule, fused_recurrent_delta_rule
 
@@ -218,4 +210,6 @@ def delta_rule(
         return o, final.float()
     if mode == "recurrent":
         return delta_rule_recurrent(q, k, v, beta, initial_state, scale=scale)
+    if resolved == "cpp":
+        return delta_rule_fused_cpu(q, k, v, beta, initial_state, scale=scale, chunk_size=chunk_size)
     return delta_rule_chunked(q, k, v, beta, initial_state, scale=scale, chunk_size=chunk_size)

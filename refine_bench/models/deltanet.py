@@ -27,7 +27,8 @@ RECURRENT_MAX_LEN = 16
 class DeltaNetConfig(FastWeightConfig):
     """Configuration compatible with fla's `delta_net` config.json (extra fla keys are kept and ignored).
 
-    chunk_size and kernel_backend ('auto' | 'torch' | 'fla') choose how the delta rule is computed, not what.
+    chunk_size and kernel_backend ('auto' | 'torch' | 'cpp' | 'fla') choose how the delta rule is computed, not
+    what.
     """
 
     model_type = "delta_net"
@@ -141,11 +142,11 @@ class DeltaNetAttention(nn.Module):
 
     def _can_decode_fused(self, x: torch.Tensor) -> bool:
         """The fused token step reads the projection weights directly: only for plain, unhooked nn.Linear
-        projections (an adapter or a hook wrapping them takes the general path) on the torch kernels."""
+        projections (an adapter or a hook wrapping them takes the general path), off fla."""
         for proj in (self.q_proj, self.k_proj, self.v_proj, self.b_proj):
             if type(proj) is not nn.Linear or proj._forward_hooks or proj._forward_pre_hooks:
                 return False
-        return resolve_backend(self.config.kernel_backend, x.device) == "torch"
+        return x.device.type != "cuda" or resolve_backend(self.config.kernel_backend, x.device) != "fla"
 
     def _decode_token(self, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
         """One token continuing a cache, in as few tensor operations as the math allows: at decode time the

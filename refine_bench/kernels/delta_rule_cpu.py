@@ -1,0 +1,157 @@
+"""The fused CPU delta rule: `delta_rule_cpu.cpp`, compiled on first use with torch's C++ extension builder
+(as fla's Triton kernels are compiled on first use on a GPU), wrapped in an autograd Function.
+
+One loop per (batch, head) keeps the state in the core's cache and makes one pass over it per token, forward
+and backward, so a training step costs the recurrent form's flops (plus one undo per token backward) instead
+of the 2.9x that the chunked WY form executes. Same results as `delta_rule_recurrent` within float32
+rounding; same signature, so the two are interchangeable.
+
+The build needs a C++ compiler with OpenMP (gcc on Linux). `cpu_kernel_available()` says whether it worked;
+when it did not, the reason is logged once and `delta_rule(..., backend='auto')` takes the PyTorch path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+import threading
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from refine_bench.kernels.delta_rule_args import check_delta_rule_args
+from refine_bench.kernels.validation import autocast_off
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("delta_rule_cpu.cpp")
+# -march=native: the build is for this machine's vector units; the module name below carries the CPU's
+# feature flags, so a home directory shared by different machines never loads a build made for another CPU.
+CFLAGS = ("-O3", "-march=native", "-fopenmp")
+LDFLAGS = ("-fopenmp",)
+
+_lock = threading.Lock()
+_module: ModuleType | None = None
+_failure: str | None = None
+
+
+def _cpu_signature() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.machine() + platform.processor()
+
+
+def _module_name() -> str:
+    digest = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), " ".join(CFLAGS + LDFLAGS).encode(), _cpu_signature().encode(),
+                 torch.__version__.encode()):
+        digest.update(part)
+    return f"refine_bench_delta_rule_cpu_{digest.hexdigest()[:16]}"
+
+
+def load_cpu_kernel() -> ModuleType:
+    """The compiled module, built on first call (about 30 s; cached by torch under TORCH_EXTENSIONS_DIR or
+    ~/.cache/torch_extensions and reused by later processes). Raises RuntimeError naming the cause when it
+    cannot be built; the failure is remembered, so a process tries once."""
+    global _module, _failure
+    with _lock:
+        if _module is not None:
+            return _module
+        if _failure is not None:
+            raise RuntimeError(_failure)
+        try:
+            from torch.utils.cpp_extension import load
+
+            log.info("building the fused CPU delta-rule kernel (once per machine, about 30 s)")
+            _module = load(_module_name(), [str(SOURCE)], extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS),
+                           verbose=False)
+        except Exception as err:  # no compiler, no OpenMP, a read-only cache: the PyTorch path still works
+            _failure = f"the fused CPU delta-rule kernel could not be built ({type(err).__name__}: {err})"
+            log.warning("%s; using the PyTorch chunked kernel instead", _failure)
+            raise RuntimeError(_failure) from err
+        return _module
+
+
+def cpu_kernel_available() -> bool:
+    """True when the fused CPU kernel is built (building it now if this process has not tried yet)."""
+    try:
+        load_cpu_kernel()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _heads_major(x: torch.Tensor) -> torch.Tensor:
+    """[B, T, H, D] -> [B * H, T, D] float32 contiguous (beta [B, T, H] -> [B * H, T])."""
+    B, T, H = x.shape[:3]
+    return x.float().transpose(1, 2).reshape(B * H, T, *x.shape[3:]).contiguous()
+
+
+def _tokens_major(x: torch.Tensor, B: int) -> torch.Tensor:
+    """The inverse of `_heads_major`."""
+    G, T = x.shape[:2]
+    return x.reshape(B, G // B, T, *x.shape[2:]).transpose(1, 2)
+
+
+class _FusedDeltaRule(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, beta, initial_state, scale: float, every: int):
+        B, H = q.shape[0], q.shape[2]
+        K, V = q.shape[-1], v.shape[-1]
+        kernel = load_cpu_kernel()
+        qg, kg, vg, bg = (_heads_major(x) for x in (q, k, v, beta))
+        s0 = initial_state.float().reshape(B * H, K, V).contiguous()
+        o, r, states = kernel.forward(qg, kg, vg, bg, s0, scale, every)
+        ctx.save_for_backward(qg, kg, bg, r, states)
+        ctx.meta = (B, H, scale, every, q.dtype, k.dtype, v.dtype, beta.dtype, initial_state.dtype)
+        return _tokens_major(o, B), states[:, -1].reshape(B, H, K, V)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_o, grad_state):
+        qg, kg, bg, r, states = ctx.saved_tensors
+        B, H, scale, every, *dtypes = ctx.meta
+        K, V = qg.shape[-1], r.shape[-1]
+        grad_o = torch.zeros(B, qg.shape[1], H, V) if grad_o is None else grad_o
+        grad_final = (torch.zeros(B * H, K, V) if grad_state is None
+                      else grad_state.float().reshape(B * H, K, V).contiguous())
+        dq, dk, dv, dbeta, ds0 = load_cpu_kernel().backward(_heads_major(grad_o), grad_final, qg, kg, bg, r, states,
+                                                            scale, every)
+        grads = [_tokens_major(x, B) for x in (dq, dk, dv, dbeta)] + [ds0.reshape(B, H, K, V)]
+        return (*(g.to(dt) for g, dt in zip(grads, dtypes)), None, None)
+
+
+def delta_rule_fused_cpu(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    beta: torch.Tensor,
+    initial_state: torch.Tensor | None = None,
+    scale: float | None = None,
+    chunk_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The delta rule by the fused CPU kernel; same arguments and results as `delta_rule_recurrent` (o in q's
+    dtype, the final state float32). The state is kept every `chunk_size` tokens for the backward, which
+    recomputes the states in between by undoing one token at a time from the next kept one.
+
+    Raises RuntimeError when the kernel cannot be built (see `cpu_kernel_available`).
+    """
+    B, T, H, K, V = check_delta_rule_args(q, k, v, beta, initial_state)
+    scale = K**-0.5 if scale is None else scale
+    state = torch.zeros(B, H, K, V) if initial_state is None else initial_state
+    if q.device.type != "cpu":
+        raise ValueError(f"delta_rule_fused_cpu needs CPU tensors, got {q.device}")
+    if not isinstance(chunk_size, int) or chunk_size <= 0:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    if T == 0:
+        return v.new_zeros(B, 0, H, V), state.float()
+    with autocast_off(q.device):
+        o, final = _FusedDeltaRule.apply(q, k, v, beta, state, scale, chunk_size)
+    return o.to(q.dtype), final

@@ -1,0 +1,116 @@
+"""The fused CPU delta-rule kernel equals the token recurrence (outputs, final state and every gradient), over
+the shapes that take its different code paths, and the backends choose it and fall back from it as documented."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from refine_bench.kernels import delta_rule, delta_rule_fused_cpu, delta_rule_recurrent, resolve_backend
+from refine_bench.kernels import delta_rule_cpu as cpu_kernel
+from refine_bench.models.deltanet import DeltaNetConfig, DeltaNetForCausalLM
+from tests.test_delta_rule_kernels import grads_of, make_inputs
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built_kernel():
+    """With a C++ compiler at hand the kernel must build (a broken build fails here, it is not skipped)."""
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler: the fused CPU kernel cannot be built here")
+    cpu_kernel.load_cpu_kernel()
+
+
+# (T, stretch, K, V): V = 64 and 128 take the unrolled rows, others the run-time size; K = 12 ends in a partial
+# block of rows; V = 20 is not a multiple of the 8-float vectors; T = 16 / 64 end exactly on a kept state.
+SHAPES = [(1, 16, 16, 8), (16, 16, 16, 8), (37, 16, 16, 8), (100, 32, 16, 16), (70, 64, 64, 64), (64, 64, 64, 64),
+          (33, 8, 8, 128), (29, 8, 12, 20)]
+
+
+@pytest.mark.parametrize("T,every,K,V", SHAPES)
+@pytest.mark.parametrize("with_state", [False, True])
+def test_fused_equals_recurrent_outputs_states_and_grads(T, every, K, V, with_state):
+    inputs = make_inputs(T=T, K=K, V=V, with_state=with_state)
+    o_r, s_r, g_r = grads_of(delta_rule_recurrent, inputs)
+    o_f, s_f, g_f = grads_of(delta_rule_fused_cpu, inputs, chunk_size=every)
+    torch.testing.assert_close(o_f, o_r, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(s_f, s_r, atol=2e-5, rtol=1e-5)
+    assert len(g_f) == len(g_r)
+    for name, a, b in zip("q k v beta h0".split(), g_f, g_r):
+        torch.testing.assert_close(a, b, atol=5e-5, rtol=1e-4, msg=lambda m, name=name: f"grad of {name}: {m}")
+
+
+def test_hand_computed_single_step():
+    # K = V = 1: S1 = S0 + beta * k * (v - S0 * k); o = S1 * q (scale = 1 for K = 1)
+    q, k, v = (torch.tensor(x).view(1, 1, 1, 1) for x in (2.0, 1.0, 3.0))
+    beta = torch.tensor(0.5).view(1, 1, 1)
+    s0 = torch.tensor(1.0).view(1, 1, 1, 1).requires_grad_(True)
+    o, s = delta_rule_fused_cpu(q, k, v, beta, s0)
+    assert s.item() == 2.0 and o.item() == 4.0
+    # d(o + s)/d S0 = (1 - beta k^2) (q + 1) = 0.5 * 3
+    (o.sum() + s.sum()).backward()
+    assert s0.grad.item() == 1.5
+
+
+def test_state_carried_across_a_split_equals_one_pass():
+    q, k, v, beta, h0 = make_inputs(T=50, K=16, V=16)
+    o_full, s_full = delta_rule_fused_cpu(q, k, v, beta, h0, chunk_size=16)
+    o1, s1 = delta_rule_fused_cpu(q[:, :21], k[:, :21], v[:, :21], beta[:, :21], h0, chunk_size=16)
+    o2, s2 = delta_rule_fused_cpu(q[:, 21:], k[:, 21:], v[:, 21:], beta[:, 21:], s1, chunk_size=16)
+    torch.testing.assert_close(torch.cat([o1, o2], 1), o_full, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(s2, s_full, atol=1e-6, rtol=1e-6)
+
+
+def test_bf16_inputs_get_bf16_gradients_close_to_float32():
+    inputs = make_inputs(T=40, K=16, V=16)
+    o32, _, g32 = grads_of(delta_rule_fused_cpu, inputs)
+    o16, s16, g16 = grads_of(delta_rule_fused_cpu, [x.bfloat16() for x in inputs])
+    assert o16.dtype == torch.bfloat16 and s16.dtype == torch.float32
+    assert all(g.dtype == torch.bfloat16 for g in g16)
+    for a, b in zip(g16, g32):
+        assert (a.float() - b).norm() / b.norm() < 0.02
+    assert (o16.float() - o32).norm() / o32.norm() < 0.02
+
+
+def test_auto_picks_the_fused_kernel_on_cpu_and_it_matches_the_torch_path():
+    assert resolve_backend("auto", torch.device("cpu")) == "cpp"
+    inputs = make_inputs(T=45, K=16, V=16)
+    o_c, s_c, g_c = grads_of(delta_rule, inputs, backend="cpp", chunk_size=16)
+    o_t, s_t, g_t = grads_of(delta_rule, inputs, backend="torch", chunk_size=16)
+    torch.testing.assert_close(o_c, o_t, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(s_c, s_t, atol=2e-5, rtol=1e-5)
+    for a, b in zip(g_c, g_t):
+        torch.testing.assert_close(a, b, atol=5e-5, rtol=1e-4)
+
+
+def test_cpp_backend_is_cpu_only():
+    with pytest.raises(ValueError, match="'cpp' runs on the CPU only"):
+        resolve_backend("cpp", torch.device("meta"))
+
+
+def test_a_failed_build_falls_back_to_torch_and_names_the_cause(monkeypatch):
+    monkeypatch.setattr(cpu_kernel, "_module", None)
+    monkeypatch.setattr(cpu_kernel, "_failure", "the fused CPU delta-rule kernel could not be built (no compiler)")
+    assert resolve_backend("auto", torch.device("cpu")) == "torch"
+    with pytest.raises(RuntimeError, match="could not be built \\(no compiler\\)"):
+        resolve_backend("cpp", torch.device("cpu"))
+    inputs = make_inputs(T=20)
+    torch.testing.assert_close(delta_rule(*inputs)[0], delta_rule_recurrent(*inputs)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_deltanet_trains_the_same_on_the_fused_and_the_torch_kernels():
+    """A whole model's loss and gradients (prefill length beyond the token-loop threshold, so 'chunk' mode)."""
+    losses, grads = [], []
+    for backend in ("cpp", "torch"):
+        config = DeltaNetConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_heads=2, kernel_backend=backend,
+                                chunk_size=16)
+        torch.manual_seed(0)
+        model = DeltaNetForCausalLM(config)
+        ids = torch.randint(0, 64, (2, 40), generator=torch.Generator().manual_seed(1))
+        loss = model(ids, labels=ids).loss
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-4)
