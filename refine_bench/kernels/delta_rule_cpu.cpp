@@ -4,7 +4,7 @@
 // 3 K V multiply-adds forward and 7 backward, every one of them on a contiguous row of V floats.
 // Compiled on first use by refine_bench/kernels/delta_rule_cpu.py (torch.utils.cpp_extension).
 //
-// Layout: q, k [G, T, K]; v [G, T, V]; beta [G, T]; states [G, N + 1, K, V] (G = batch x heads, N stretches of
+// Layout: q, k [B, T, H, K]; v, o [B, T, H, V]; beta [B, T, H]; states [G, N + 1, K, V] (G = B x H, N stretches of
 // `every` tokens, the last one possibly shorter): states[:, 0] is the initial state, states[:, n + 1] the state
 // after stretch n, so states[:, N] is the final state. The backward walks each stretch from its end backwards,
 // undoing one token at a time (S_{t-1} = S_t - beta_t k_t r_t^T) and starting every stretch again from the
@@ -59,29 +59,39 @@ inline float dot(const float* __restrict a, const float* __restrict b, Row<VS> r
 
 constexpr int64_t kBlock = 8;  // rows whose dot products are summed together
 
-// out[r] = dot(A + r V, b) for the n <= kBlock rows of a block. The backward needs three dot products per
-// row and token; one at a time, each ends in a horizontal sum whose latency the loop then waits for. A full
-// block of 8 rows keeps 8 independent accumulators and sums them with one transpose (AVX2).
-template <int64_t VS>
-inline void dot_rows(const float* __restrict A, const float* __restrict b, Row<VS> r, int64_t n, float* out) {
+// out[m][r] = dot(A + r V, b[m]) for M vectors b and the n <= kBlock rows of a block. The backward needs three
+// dot products per row and token; one at a time, each ends in a horizontal sum whose latency the loop then
+// waits for. A full block keeps 8 M independent accumulators, reads each row once for all M vectors, and
+// sums each vector's 8 accumulators with one transpose (AVX2).
+template <int64_t M, int64_t VS>
+inline void dot_rows(const float* __restrict A, const float* const (&b)[M], Row<VS> r, int64_t n,
+                     float (&out)[M][kBlock]) {
   const int64_t V = r.size();
 #ifdef REFINE_BENCH_AVX2
   if (n == kBlock && V % 8 == 0) {
-    __m256 acc[kBlock];
-    for (int64_t i = 0; i < kBlock; ++i) acc[i] = _mm256_setzero_ps();
+    __m256 acc[M][kBlock];
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t i = 0; i < kBlock; ++i) acc[m][i] = _mm256_setzero_ps();
     for (int64_t j = 0; j < V; j += 8) {
-      const __m256 bj = _mm256_loadu_ps(b + j);
-      for (int64_t i = 0; i < kBlock; ++i) acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(A + i * V + j), bj, acc[i]);
+      __m256 bj[M];
+      for (int64_t m = 0; m < M; ++m) bj[m] = _mm256_loadu_ps(b[m] + j);
+      for (int64_t i = 0; i < kBlock; ++i) {
+        const __m256 a = _mm256_loadu_ps(A + i * V + j);
+        for (int64_t m = 0; m < M; ++m) acc[m][i] = _mm256_fmadd_ps(a, bj[m], acc[m][i]);
+      }
     }
-    const __m256 h01 = _mm256_hadd_ps(acc[0], acc[1]), h23 = _mm256_hadd_ps(acc[2], acc[3]);
-    const __m256 h45 = _mm256_hadd_ps(acc[4], acc[5]), h67 = _mm256_hadd_ps(acc[6], acc[7]);
-    const __m256 h0123 = _mm256_hadd_ps(h01, h23), h4567 = _mm256_hadd_ps(h45, h67);
-    const __m256 lo = _mm256_permute2f128_ps(h0123, h4567, 0x20), hi = _mm256_permute2f128_ps(h0123, h4567, 0x31);
-    _mm256_storeu_ps(out, _mm256_add_ps(lo, hi));
+    for (int64_t m = 0; m < M; ++m) {
+      const __m256 h01 = _mm256_hadd_ps(acc[m][0], acc[m][1]), h23 = _mm256_hadd_ps(acc[m][2], acc[m][3]);
+      const __m256 h45 = _mm256_hadd_ps(acc[m][4], acc[m][5]), h67 = _mm256_hadd_ps(acc[m][6], acc[m][7]);
+      const __m256 h0123 = _mm256_hadd_ps(h01, h23), h4567 = _mm256_hadd_ps(h45, h67);
+      _mm256_storeu_ps(out[m], _mm256_add_ps(_mm256_permute2f128_ps(h0123, h4567, 0x20),
+                                             _mm256_permute2f128_ps(h0123, h4567, 0x31)));
+    }
     return;
   }
 #endif
-  for (int64_t i = 0; i < n; ++i) out[i] = dot(A + i * V, b, r);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t i = 0; i < n; ++i) out[m][i] = dot(A + i * V, b[m], r);
 }
 
 template <int64_t VS>
@@ -97,9 +107,12 @@ void check(const at::Tensor& x, const char* name, int64_t dim) {
   TORCH_CHECK(x.device().is_cpu(), name, " must be on the CPU");
 }
 
+// Tensors keep the callers' [B, T, H, D] layout: a head's token t starts t * sk (q, k) or t * sv (v, o, r) floats
+// after its token 0, and its beta t * H after.
 struct Sizes {
-  int64_t T, K, V, N, every;
+  int64_t T, H, K, V, N, every;
   float scale;
+  int64_t sk, sv;
 };
 
 // One pass over the state per token: the rank-1 update of token t, its output, and S_t^T k_{t+1} (what token
@@ -120,10 +133,10 @@ void forward_head(const float* q, const float* k, const float* v, const float* b
   std::fill(w, w + V, 0.f);
   for (int64_t i = 0; i < K; ++i) axpy(k[i], S + i * V, w, row);  // S_0^T k_1
   for (int64_t t = 0; t < T; ++t) {
-    const float *kt = k + t * K, *qt = q + t * K, *vt = v + t * V;
-    const float* k_next = t + 1 < T ? kt + K : zeros.data();
-    float *rt = r + t * V, *ot = o + t * V;
-    const float b = beta[t];
+    const float *kt = k + t * z.sk, *qt = q + t * z.sk, *vt = v + t * z.sv;
+    const float* k_next = t + 1 < T ? kt + z.sk : zeros.data();
+    float *rt = r + t * z.sv, *ot = o + t * z.sv;
+    const float b = beta[t * z.H];
     for (int64_t j = 0; j < V; ++j) {
       rt[j] = vt[j] - w[j];
       u[j] = b * rt[j];
@@ -162,9 +175,9 @@ void backward_head(const float* grad_o, const float* q, const float* k, const fl
   const float* k_next = undo_k.data();  // zeros until a token t + 1 exists
   float* dk_next = dk_sink.data();
   for (int64_t t = T - 1; t >= 0; --t) {
-    const float *kt = k + t * K, *qt = q + t * K, *rt = r + t * V, *gt = grad_o + t * V;
-    float *dqt = dq + t * K, *dkt = dk + t * K;
-    const float b = beta[t];
+    const float *kt = k + t * z.sk, *qt = q + t * z.sk, *rt = r + t * z.sv, *gt = grad_o + t * z.sv;
+    float *dqt = dq + t * z.sk, *dkt = dk + t * z.sk;
+    const float b = beta[t * z.H];
     if ((t + 1) % z.every == 0 || t + 1 == T) {  // last token of a stretch: S_t is stored exactly
       const float* stored = states + (t / z.every + 1) * KV;
       std::copy(stored, stored + KV, S.begin());
@@ -179,28 +192,32 @@ void backward_head(const float* grad_o, const float* q, const float* k, const fl
     for (int64_t i0 = 0; i0 < K; i0 += kBlock) {
       const int64_t n = std::min(kBlock, K - i0);
       float *S_blk = S.data() + i0 * V, *dS_blk = dS + i0 * V;
-      alignas(32) float s_dr[kBlock], s_g[kBlock], ds_u[kBlock];
-      // finish token t + 1: S_t = S_{t+1} - k u^T; dk_{t+1} -= S_t dr_{t+1}; dS_t = dS_{t+1} - k dr_{t+1}^T
+      alignas(32) float s_dots[2][kBlock], ds_dots[1][kBlock];
       for (int64_t m = 0; m < n; ++m) {
-        axpy(-undo_k[i0 + m], u_next, S_blk + m * V, row);
-        axpy(-k_next[i0 + m], dr_next, dS_blk + m * V, row);
+        float *__restrict Si = S_blk + m * V, *__restrict dSi = dS_blk + m * V;
+        // finish token t + 1: S_t = S_{t+1} - k u^T and dS_t = dS_{t+1} - k dr_{t+1}^T; token t's output adds
+        // scale q_t g_t^T to dS_t; du = dS_t^T k
+        const float undo = undo_k[i0 + m], kn = k_next[i0 + m], sq = z.scale * qt[i0 + m], kk = kt[i0 + m];
+#pragma omp simd
+        for (int64_t j = 0; j < V; ++j) Si[j] -= undo * u_next[j];
+#pragma omp simd
+        for (int64_t j = 0; j < V; ++j) {
+          const float d = dSi[j] - kn * dr_next[j] + sq * gt[j];
+          dSi[j] = d;
+          du[j] += kk * d;
+        }
       }
-      dot_rows(S_blk, dr_next, row, n, s_dr);
-      // token t: o_t = S_t^T (scale q_t) gives dq and a part of dS_t; then du = dS_t^T k and dk = dS_t u
-      dot_rows(S_blk, gt, row, n, s_g);
+      // dk_{t+1} -= S_t dr_{t+1}; dq_t = scale S_t g_t; dk_t = dS_t u_t
+      dot_rows<2>(S_blk, {dr_next, gt}, row, n, s_dots);
+      dot_rows<1>(dS_blk, {u}, row, n, ds_dots);
       for (int64_t m = 0; m < n; ++m) {
-        axpy(z.scale * qt[i0 + m], gt, dS_blk + m * V, row);
-        axpy(kt[i0 + m], dS_blk + m * V, du, row);
-      }
-      dot_rows(dS_blk, u, row, n, ds_u);
-      for (int64_t m = 0; m < n; ++m) {
-        dk_next[i0 + m] -= s_dr[m];
-        dqt[i0 + m] = z.scale * s_g[m];
-        dkt[i0 + m] = ds_u[m];
+        dk_next[i0 + m] -= s_dots[0][m];
+        dqt[i0 + m] = z.scale * s_dots[1][m];
+        dkt[i0 + m] = ds_dots[0][m];
       }
     }
-    dbeta[t] = dot(du, rt, row);
-    float* dvt = dv + t * V;
+    dbeta[t * z.H] = dot(du, rt, row);
+    float* dvt = dv + t * z.sv;
     for (int64_t j = 0; j < V; ++j) {  // r = v - S_{t-1}^T k, so dv = dr = beta du
       dr_next[j] = b * du[j];
       dvt[j] = dr_next[j];
@@ -225,25 +242,28 @@ void by_value_dim(int64_t V, F64 f64, F128 f128, FAny fany) {
 
 }  // namespace
 
-// Returns (o [G, T, V], r [G, T, V], states [G, N + 1, K, V]); r = v - S_{t-1}^T k is what the backward needs.
+// Returns (o [B, T, H, V], r [B, T, H, V], states [G, N + 1, K, V]); r = v - S_{t-1}^T k is what the backward
+// needs. The initial state is [B, H, K, V].
 std::vector<at::Tensor> delta_rule_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                            const at::Tensor& beta, const at::Tensor& initial_state, double scale,
                                            int64_t every) {
-  check(q, "q", 3); check(k, "k", 3); check(v, "v", 3); check(beta, "beta", 2); check(initial_state, "state", 3);
+  check(q, "q", 4); check(k, "k", 4); check(v, "v", 4); check(beta, "beta", 3); check(initial_state, "state", 4);
   TORCH_CHECK(every > 0, "every must be positive");
-  const int64_t G = q.size(0), T = q.size(1), K = q.size(2), V = v.size(2);
-  const Sizes z{T, K, V, (T + every - 1) / every, every, static_cast<float>(scale)};
-  auto o = at::empty({G, T, V}, v.options());
-  auto r = at::empty({G, T, V}, v.options());
-  auto states = at::empty({G, z.N + 1, K, V}, v.options());
+  const int64_t B = q.size(0), T = q.size(1), H = q.size(2), K = q.size(3), V = v.size(3), G = B * H;
+  const int64_t N = (T + every - 1) / every;
+  const Sizes z{T, H, K, V, N, every, static_cast<float>(scale), H * K, H * V};
+  auto o = at::empty({B, T, H, V}, v.options());
+  auto r = at::empty({B, T, H, V}, v.options());
+  auto states = at::empty({G, N + 1, K, V}, v.options());
   const float *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
   const float *bp = beta.data_ptr<float>(), *s0 = initial_state.data_ptr<float>();
   float *op = o.data_ptr<float>(), *rp = r.data_ptr<float>(), *sp = states.data_ptr<float>();
   at::parallel_for(0, G, 1, [&](int64_t begin, int64_t end) {
     for (int64_t g = begin; g < end; ++g) {
-      const int64_t tk = g * T * K, tv = g * T * V;
+      const int64_t b = g / H, h = g % H;
+      const int64_t ok = b * T * H * K + h * K, ov = b * T * H * V + h * V, ob = b * T * H + h;
       auto args = [&](auto fn) {
-        fn(qp + tk, kp + tk, vp + tv, bp + g * T, s0 + g * K * V, op + tv, rp + tv, sp + g * (z.N + 1) * K * V, z);
+        fn(qp + ok, kp + ok, vp + ov, bp + ob, s0 + g * K * V, op + ov, rp + ov, sp + g * (N + 1) * K * V, z);
       };
       by_value_dim(V, [&] { args(forward_head<64>); }, [&] { args(forward_head<128>); },
                    [&] { args(forward_head<0>); });
@@ -252,15 +272,16 @@ std::vector<at::Tensor> delta_rule_forward(const at::Tensor& q, const at::Tensor
   return {o, r, states};
 }
 
-// Returns (dq, dk, dv, dbeta, d initial_state).
+// Returns (dq, dk, dv, dbeta, d initial_state), each in its input's layout.
 std::vector<at::Tensor> delta_rule_backward(const at::Tensor& grad_o, const at::Tensor& grad_final,
                                             const at::Tensor& q, const at::Tensor& k, const at::Tensor& beta,
                                             const at::Tensor& r, const at::Tensor& states, double scale,
                                             int64_t every) {
-  check(grad_o, "grad_o", 3); check(grad_final, "grad_final", 3); check(q, "q", 3); check(k, "k", 3);
-  check(beta, "beta", 2); check(r, "r", 3); check(states, "states", 4);
-  const int64_t G = q.size(0), T = q.size(1), K = q.size(2), V = r.size(2);
-  const Sizes z{T, K, V, states.size(1) - 1, every, static_cast<float>(scale)};
+  check(grad_o, "grad_o", 4); check(grad_final, "grad_final", 4); check(q, "q", 4); check(k, "k", 4);
+  check(beta, "beta", 3); check(r, "r", 4); check(states, "states", 4);
+  const int64_t B = q.size(0), T = q.size(1), H = q.size(2), K = q.size(3), V = r.size(3), G = B * H;
+  const int64_t N = states.size(1) - 1;
+  const Sizes z{T, H, K, V, N, every, static_cast<float>(scale), H * K, H * V};
   auto dq = at::empty_like(q), dk = at::empty_like(q), dv = at::empty_like(r), dbeta = at::empty_like(beta);
   auto ds = grad_final.clone();  // the gradient w.r.t. the current state, carried backwards to the initial one
   const float *gop = grad_o.data_ptr<float>(), *qp = q.data_ptr<float>(), *kp = k.data_ptr<float>();
@@ -269,10 +290,11 @@ std::vector<at::Tensor> delta_rule_backward(const at::Tensor& grad_o, const at::
   float *dbp = dbeta.data_ptr<float>(), *dsp = ds.data_ptr<float>();
   at::parallel_for(0, G, 1, [&](int64_t begin, int64_t end) {
     for (int64_t g = begin; g < end; ++g) {
-      const int64_t tk = g * T * K, tv = g * T * V;
+      const int64_t b = g / H, h = g % H;
+      const int64_t ok = b * T * H * K + h * K, ov = b * T * H * V + h * V, ob = b * T * H + h;
       auto args = [&](auto fn) {
-        fn(gop + tv, qp + tk, kp + tk, bp + g * T, rp + tv, sp + g * (z.N + 1) * K * V, dqp + tk, dkp + tk,
-           dvp + tv, dbp + g * T, dsp + g * K * V, z);
+        fn(gop + ov, qp + ok, kp + ok, bp + ob, rp + ov, sp + g * (N + 1) * K * V, dqp + ok, dkp + ok, dvp + ov,
+           dbp + ob, dsp + g * K * V, z);
       };
       by_value_dim(V, [&] { args(backward_head<64>); }, [&] { args(backward_head<128>); },
                    [&] { args(backward_head<0>); });

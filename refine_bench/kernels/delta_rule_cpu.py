@@ -88,43 +88,28 @@ def cpu_kernel_available() -> bool:
     return True
 
 
-def _heads_major(x: torch.Tensor) -> torch.Tensor:
-    """[B, T, H, D] -> [B * H, T, D] float32 contiguous (beta [B, T, H] -> [B * H, T])."""
-    B, T, H = x.shape[:3]
-    return x.float().transpose(1, 2).reshape(B * H, T, *x.shape[3:]).contiguous()
-
-
-def _tokens_major(x: torch.Tensor, B: int) -> torch.Tensor:
-    """The inverse of `_heads_major`."""
-    G, T = x.shape[:2]
-    return x.reshape(B, G // B, T, *x.shape[2:]).transpose(1, 2)
+def _float32(x: torch.Tensor) -> torch.Tensor:
+    return x.float().contiguous()  # no copy for the usual float32 contiguous input
 
 
 class _FusedDeltaRule(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, beta, initial_state, scale: float, every: int):
-        B, H = q.shape[0], q.shape[2]
-        K, V = q.shape[-1], v.shape[-1]
-        kernel = load_cpu_kernel()
-        qg, kg, vg, bg = (_heads_major(x) for x in (q, k, v, beta))
-        s0 = initial_state.float().reshape(B * H, K, V).contiguous()
-        o, r, states = kernel.forward(qg, kg, vg, bg, s0, scale, every)
-        ctx.save_for_backward(qg, kg, bg, r, states)
-        ctx.meta = (B, H, scale, every, q.dtype, k.dtype, v.dtype, beta.dtype, initial_state.dtype)
-        return _tokens_major(o, B), states[:, -1].reshape(B, H, K, V)
+        qf, kf, vf, bf, s0 = (_float32(x) for x in (q, k, v, beta, initial_state))
+        o, r, states = load_cpu_kernel().forward(qf, kf, vf, bf, s0, scale, every)
+        ctx.save_for_backward(qf, kf, bf, r, states)
+        ctx.meta = (scale, every, [x.dtype for x in (q, k, v, beta, initial_state)])
+        return o, states[:, -1].view(s0.shape)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_o, grad_state):
-        qg, kg, bg, r, states = ctx.saved_tensors
-        B, H, scale, every, *dtypes = ctx.meta
-        K, V = qg.shape[-1], r.shape[-1]
-        grad_o = torch.zeros(B, qg.shape[1], H, V) if grad_o is None else grad_o
-        grad_final = (torch.zeros(B * H, K, V) if grad_state is None
-                      else grad_state.float().reshape(B * H, K, V).contiguous())
-        dq, dk, dv, dbeta, ds0 = load_cpu_kernel().backward(_heads_major(grad_o), grad_final, qg, kg, bg, r, states,
-                                                            scale, every)
-        grads = [_tokens_major(x, B) for x in (dq, dk, dv, dbeta)] + [ds0.reshape(B, H, K, V)]
+        qf, kf, bf, r, states = ctx.saved_tensors
+        scale, every, dtypes = ctx.meta
+        grad_o = torch.zeros_like(r) if grad_o is None else _float32(grad_o)
+        B, H, (K, V) = qf.shape[0], qf.shape[2], states.shape[-2:]
+        grad_final = torch.zeros(B, H, K, V) if grad_state is None else _float32(grad_state)
+        grads = load_cpu_kernel().backward(grad_o, grad_final, qf, kf, bf, r, states, scale, every)
         return (*(g.to(dt) for g, dt in zip(grads, dtypes)), None, None)
 
 
