@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from refine_bench.bench.decode import decode_speed
 from refine_bench.bench.lact_bench import lact_bench
 from refine_bench.bench.timing import best_time, matmul_peak_gflops
-from refine_bench.kernels import delta_rule_chunked, delta_rule_recurrent
+from refine_bench.kernels import cpu_kernel_available, delta_rule_chunked, delta_rule_fused_cpu, delta_rule_recurrent
 from refine_bench.models.zoo import load_model
 
 
@@ -43,8 +43,8 @@ def delta_rule_flops(T: int = 2048, H: int = 4, D: int = 64, B: int = 1, chunk_s
 
 
 def delta_rule_speed(T: int = 2048, H: int = 4, D: int = 64, B: int = 1) -> dict[str, float]:
-    """Forward+backward seconds of both delta-rule paths, and the chunked kernel's effective GFLOP/s: forward
-    alone, and forward+backward.
+    """Forward+backward seconds of the delta-rule paths (chunked, token loop, and the fused CPU kernel when it
+    builds), the chunked kernel's effective GFLOP/s (forward alone, and forward+backward) and the fused one's.
 
     Effective flops are those of the recurrent form, whatever the kernel really executes: 6 * K * V per token
     and head forward (S^T k, the rank-1 update, S^T q), twice that backward. The chunked form executes more
@@ -58,6 +58,11 @@ def delta_rule_speed(T: int = 2048, H: int = 4, D: int = 64, B: int = 1) -> dict
     with torch.no_grad():
         fwd_s = best_time(lambda: delta_rule_chunked(*inputs), repeats=5)
     effective, executed = delta_rule_flops(T, H, D, B)  # effective: forward + backward (3x the forward's)
+    fused: dict[str, float] = {}
+    if cpu_kernel_available():  # built before timing: the first call compiles it
+        fused_s = best_time(_fwd_bwd(delta_rule_fused_cpu, inputs), repeats=5)
+        fused = {"delta_rule_fused_fwd_bwd_s": fused_s, "fused_vs_chunk_speedup": chunk_s / fused_s,
+                 "delta_rule_fused_fwd_bwd_gflops": effective / fused_s / 1e9}
     return {
         "delta_rule_chunk_fwd_bwd_s": chunk_s,
         "delta_rule_recurrent_fwd_bwd_s": recurrent_s,
@@ -66,6 +71,7 @@ def delta_rule_speed(T: int = 2048, H: int = 4, D: int = 64, B: int = 1) -> dict
         "delta_rule_fwd_bwd_gflops": effective / chunk_s / 1e9,
         "delta_rule_executed_over_effective_flops": executed / effective,
         "delta_rule_fwd_bwd_executed_gflops": executed / chunk_s / 1e9,
+        **fused,
     }
 
 
@@ -78,6 +84,9 @@ def run_kernel_bench(quick: bool = False) -> dict[str, float]:
     results["delta_rule_fwd_bwd_peak_fraction"] = results["delta_rule_fwd_bwd_gflops"] / results["matmul_peak_gflops"]
     results["delta_rule_fwd_bwd_executed_peak_fraction"] = (results["delta_rule_fwd_bwd_executed_gflops"]
                                                            / results["matmul_peak_gflops"])
+    if "delta_rule_fused_fwd_bwd_gflops" in results:  # the training path on a CPU ('auto' picks it)
+        results["delta_rule_fused_fwd_bwd_peak_fraction"] = (results["delta_rule_fused_fwd_bwd_gflops"]
+                                                             / results["matmul_peak_gflops"])
     dec = decode_speed(load_model("deltanet-tiny"), prefix_len=1024 if quick else 4096,
                        new_tokens=16 if quick else 64, nocache_tokens=4 if quick else 16)
     results.update({f"deltanet_{k}": v for k, v in dec.items() if k not in ("speedup", "same_tokens")})

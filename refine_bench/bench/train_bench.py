@@ -8,7 +8,9 @@ Speed (every ratio measured in the same process, same batch, one optimisation pa
   phase recomputing every prefix (the paper's code);
 - rollout_share: the fraction of the REFINE step spent collecting rollouts;
 - train_mfu_cpu: model FLOPs per second of the SFT step (6 x parameters outside the input embedding x tokens)
-  over the same run's float32 matmul peak.
+  over the same run's float32 matmul peak;
+- fused_over_torch_kernel_sft_speedup: the same SFT step with the delta rule on the PyTorch chunked path over
+  the step on the fused CPU kernel (what 'auto' picks on a CPU where it builds).
 
 Memory: peak bytes of one REFINE mid-training step (activation checkpointing, bf16 autocast, float32 master
 weights, AdamW state), measured at two depths and two lengths and extrapolated with peak = a + b*L + c*T + d*L*T
@@ -25,6 +27,7 @@ import torch
 
 from refine_bench.bench.timing import matmul_peak_gflops, synchronize
 from refine_bench.distributed import DistContext
+from refine_bench.kernels import resolve_backend
 from refine_bench.models.deltanet import DeltaNetConfig, DeltaNetForCausalLM
 from refine_bench.models.zoo import MODELS, load_model
 from refine_bench.train.config import RefineConfig, TrainConfig
@@ -118,6 +121,12 @@ def run_train_bench(quick: bool = False) -> dict[str, float]:
     tokens = 4 * seq_len
     results["train_mfu_cpu"] = model_flops_per_token(model) * tokens / results["sft_step_s"] / 1e9 / \
         results["matmul_peak_gflops"]
+    if model.config.kernel_backend == "auto" and resolve_backend("auto", torch.device("cpu")) == "cpp":
+        model.config.kernel_backend = "torch"  # the mixers read it at every forward
+        torch_sft = step_costs(model, seq_len, repeats=repeats, recompute=False, prefix="torch_kernel_")
+        model.config.kernel_backend = "auto"
+        results["torch_kernel_sft_step_s"] = torch_sft["torch_kernel_sft_step_s"]
+        results["fused_over_torch_kernel_sft_speedup"] = torch_sft["torch_kernel_sft_step_s"] / results["sft_step_s"]
     for name in ("deltanet-tiny", "lact-tiny"):
         if name in MODELS:
             short = name.replace("-", "_") + "_"
