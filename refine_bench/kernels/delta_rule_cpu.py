@@ -93,6 +93,9 @@ def _float32(x: torch.Tensor) -> torch.Tensor:
 
 
 class _FusedDeltaRule(torch.autograd.Function):
+    """Forward and backward by the compiled kernel, in float32 on the callers' [B, T, H, D] layout; gradients
+    are returned in each input's dtype. Keeps q, k, beta, r = v - S^T k and the states every `every` tokens."""
+
     @staticmethod
     def forward(ctx, q, k, v, beta, initial_state, scale: float, every: int):
         qf, kf, vf, bf, s0 = (_float32(x) for x in (q, k, v, beta, initial_state))
