@@ -10,7 +10,9 @@ import torch
 
 from refine_bench.kernels import delta_rule, delta_rule_fused_cpu, delta_rule_recurrent, resolve_backend
 from refine_bench.kernels import delta_rule_cpu as cpu_kernel
+from refine_bench.models import layers
 from refine_bench.models.deltanet import DeltaNetConfig, DeltaNetForCausalLM
+from refine_bench.models.layers import RMSNorm, SwiGLUMLP
 from tests.test_delta_rule_kernels import grads_of, make_inputs
 
 
@@ -114,3 +116,60 @@ def test_deltanet_trains_the_same_on_the_fused_and_the_torch_kernels():
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)
     torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-4)
+
+
+def test_compiled_norm_and_mlp_rows_equal_their_torch_formulas():
+    g = torch.Generator().manual_seed(0)
+    norm, mlp = RMSNorm(128, eps=1e-5), SwiGLUMLP(128, 256)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(128, generator=g))
+        for p in mlp.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    x = torch.randn(2, 1, 128, generator=g)
+    with torch.no_grad():
+        assert layers._compiled_rows(x, norm.weight)
+        y_norm, y_mlp = norm(x), mlp(x)
+    torch.testing.assert_close(y_norm, x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * norm.weight,
+                               atol=1e-6, rtol=1e-5)
+    reference = mlp.down_proj(torch.nn.functional.silu(mlp.gate_proj(x)) * mlp.up_proj(x))
+    torch.testing.assert_close(y_mlp, reference.detach(), atol=1e-6, rtol=1e-5)
+
+
+def test_compiled_rows_serve_only_a_few_rows_without_autograd():
+    w = torch.ones(128)
+    with torch.no_grad():
+        assert layers._compiled_rows(torch.zeros(1, 4, 128), w)
+        assert not layers._compiled_rows(torch.zeros(1, 5, 128), w)  # a prompt: torch's matmuls
+        assert not layers._compiled_rows(torch.zeros(1, 1, 128, dtype=torch.bfloat16), w)
+    assert not layers._compiled_rows(torch.zeros(1, 1, 128), w)  # autograd on: torch
+    assert RMSNorm(128)(torch.randn(1, 1, 128)).grad_fn is not None
+
+
+def _greedy_logits(model, ids, steps):
+    with torch.no_grad():
+        out = model(ids, use_cache=True)
+        logits, cache = [out.logits[:, -1]], out.cache
+        for _ in range(steps):
+            out = model(logits[-1].argmax(-1, keepdim=True), cache=cache, use_cache=True)
+            logits.append(out.logits[:, -1])
+            cache = out.cache
+    return torch.stack(logits, 1)
+
+
+@pytest.mark.parametrize("hidden,heads", [(128, 2), (96, 3)])  # head dims 64 (unrolled rows) and 32
+def test_compiled_decode_step_equals_the_torch_token_step(monkeypatch, hidden, heads):
+    """Greedy decoding of a batch through the compiled mixer step, norms and MLP gives the logits of the op-by-op
+    PyTorch step (the compiled kernels switched off)."""
+    config = DeltaNetConfig(vocab_size=97, hidden_size=hidden, num_hidden_layers=2, num_heads=heads)
+    torch.manual_seed(0)
+    model = DeltaNetForCausalLM(config).eval()
+    ids = torch.randint(0, 97, (2, 20), generator=torch.Generator().manual_seed(1))
+    compiled = _greedy_logits(model, ids, steps=6)
+    attn, state = model.model.layers[0].attn, {"conv_state": torch.zeros(1), "recurrent_state": torch.zeros(1)}
+    with torch.no_grad():
+        assert attn._can_decode_compiled(torch.zeros(2, 1, hidden), state)
+    assert not attn._can_decode_compiled(torch.zeros(2, 1, hidden), state)  # autograd on: the torch step
+    monkeypatch.setattr(layers, "COMPILED_MAX_ROWS", 0)
+    model.config.kernel_backend = "torch"
+    reference = _greedy_logits(model, ids, steps=6)
+    torch.testing.assert_close(compiled, reference, atol=2e-5, rtol=1e-5)

@@ -22,7 +22,13 @@ from refine_bench.kernels.delta_rule import (
     delta_rule_step,
 )
 from refine_bench.kernels.delta_rule_args import check_delta_rule_args
-from refine_bench.kernels.delta_rule_cpu import cpu_kernel_available, delta_rule_fused_cpu
+from refine_bench.kernels.delta_rule_cpu import (
+    cpu_kernel_available,
+    delta_rule_fused_cpu,
+    deltanet_decode_step_cpu,
+    rms_norm_rows_cpu,
+    swiglu_rows_cpu,
+)
 from refine_bench.kernels.lact import (
     LaCTPlan,
     init_lact_state,
@@ -48,6 +54,7 @@ __all__ = [
     "delta_rule_fused_cpu",
     "delta_rule_recurrent",
     "delta_rule_step",
+    "deltanet_decode_step_cpu",
     "empty_window_cache",
     "fla_available",
     "init_lact_state",
@@ -57,8 +64,10 @@ __all__ = [
     "make_lact_plan",
     "newton_schulz5_naive",
     "resolve_backend",
+    "rms_norm_rows_cpu",
     "rope_cos_sin",
     "swiglu_apply",
+    "swiglu_rows_cpu",
     "swiglu_chunk_step",
     "window_attention",
     "window_attention_naive",

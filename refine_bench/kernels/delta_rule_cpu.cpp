@@ -19,6 +19,7 @@
 #endif
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 namespace {
@@ -303,7 +304,132 @@ std::vector<at::Tensor> delta_rule_backward(const at::Tensor& grad_o, const at::
   return {dq, dk, dv, dbeta, ds};
 }
 
+// y[r] = dot(W + r D, x) for the rows [0, R) of a row-major weight: threads split the rows when there are
+// enough of them to pay for it (a large model's projection), a small model's stay on the calling thread.
+inline void matvec(const float* W, const float* x, int64_t R, int64_t D, float* y) {
+  const Row<0> row(D);
+  at::parallel_for(0, R, std::max<int64_t>(1, (int64_t{1} << 17) / std::max<int64_t>(D, 1)),
+                   [&](int64_t begin, int64_t end) {
+                     for (int64_t r = begin; r < end; ++r) y[r] = dot(W + r * D, x, row);
+                   });
+}
+
+// One decoded token of DeltaNet's token mixer, everything between the block's input norm and o_proj, in one
+// call: at one token per step the cost of a decode is the number of tensor operations, not the arithmetic.
+// Per batch row: proj = [Wq; Wk; Wv] x and beta = sigmoid(Wb x); the causal short convolution over the kept
+// window and SiLU; q, k L2-normalised per head (eps 1e-6); the delta-rule step; RMSNorm of each head's output.
+// Returns (o [B, value_dim] before o_proj, new conv state [B, C, W - 1], new recurrent state [B, H, K, V]).
+std::vector<at::Tensor> deltanet_decode_step(const at::Tensor& x, const at::Tensor& wq, const at::Tensor& wk,
+                                             const at::Tensor& wv, const at::Tensor& wb, const at::Tensor& cq,
+                                             const at::Tensor& ck, const at::Tensor& cv,
+                                             const at::Tensor& conv_state, const at::Tensor& state,
+                                             const at::Tensor& norm_weight, double norm_eps, double scale) {
+  check(x, "x", 2); check(wq, "wq", 2); check(wk, "wk", 2); check(wv, "wv", 2); check(wb, "wb", 2);
+  check(cq, "cq", 3); check(ck, "ck", 3); check(cv, "cv", 3); check(conv_state, "conv_state", 3);
+  check(state, "state", 4); check(norm_weight, "norm_weight", 1);
+  const int64_t B = x.size(0), D = x.size(1), Kd = wq.size(0), Vd = wv.size(0), H = wb.size(0);
+  const int64_t C = 2 * Kd + Vd, W = cq.size(2), K = Kd / H, V = Vd / H;
+  TORCH_CHECK(wk.size(0) == Kd && wq.size(1) == D && wk.size(1) == D && wv.size(1) == D && wb.size(1) == D,
+              "projection weights do not match x");
+  TORCH_CHECK(conv_state.size(0) == B && conv_state.size(1) == C && conv_state.size(2) == W - 1,
+              "conv_state must be [B, 2 key_dim + value_dim, conv_size - 1]");
+  TORCH_CHECK(state.size(0) == B && state.size(1) == H && state.size(2) == K && state.size(3) == V,
+              "state must be [B, H, K, V]");
+  auto o = at::empty({B, Vd}, x.options());
+  auto new_conv = at::empty_like(conv_state);
+  auto new_state = state.clone();
+  const float* xp = x.data_ptr<float>();
+  const float* weights[3] = {wq.data_ptr<float>(), wk.data_ptr<float>(), wv.data_ptr<float>()};
+  const float* convs[3] = {cq.data_ptr<float>(), ck.data_ptr<float>(), cv.data_ptr<float>()};
+  const int64_t offsets[4] = {0, Kd, 2 * Kd, C};
+  const float *wbp = wb.data_ptr<float>(), *csp = conv_state.data_ptr<float>(), *nw = norm_weight.data_ptr<float>();
+  float *op = o.data_ptr<float>(), *ncp = new_conv.data_ptr<float>(), *sp = new_state.data_ptr<float>();
+  const Row<0> krow(K), vrow(V);
+  std::vector<float> proj(C), qkv(C), beta(H), u(V);
+  for (int64_t b = 0; b < B; ++b) {
+    const float* xb = xp + b * D;
+    for (int64_t part = 0; part < 3; ++part)
+      matvec(weights[part], xb, offsets[part + 1] - offsets[part], D, proj.data() + offsets[part]);
+    matvec(wbp, xb, H, D, beta.data());
+    for (int64_t part = 0; part < 3; ++part) {
+      for (int64_t c = offsets[part]; c < offsets[part + 1]; ++c) {
+        const int64_t local = c - offsets[part];
+        const float p = proj[c];
+        const float* window = csp + (b * C + c) * (W - 1);
+        const float* w = convs[part] + local * W;
+        float y = w[W - 1] * p;
+        for (int64_t j = 0; j < W - 1; ++j) y += w[j] * window[j];
+        qkv[c] = y / (1.f + std::exp(-y));  // SiLU
+        float* next = ncp + (b * C + c) * (W - 1);
+        for (int64_t j = 0; j + 1 < W - 1; ++j) next[j] = window[j + 1];
+        if (W > 1) next[W - 2] = p;
+      }
+    }
+    for (int64_t h = 0; h < H; ++h) beta[h] = 1.f / (1.f + std::exp(-beta[h]));
+    for (int64_t h = 0; h < 2 * H; ++h) {  // L2-normalise each head of q and k
+      float* head = qkv.data() + h * K;
+      const float inv = 1.f / std::sqrt(dot(head, head, krow) + 1e-6f);
+      for (int64_t j = 0; j < K; ++j) head[j] *= inv;
+    }
+    for (int64_t h = 0; h < H; ++h) {
+      const float *qh = qkv.data() + h * K, *kh = qkv.data() + Kd + h * K, *vh = qkv.data() + 2 * Kd + h * V;
+      float* S = sp + (b * H + h) * K * V;
+      float* oh = op + b * Vd + h * V;
+      std::fill(u.begin(), u.end(), 0.f);
+      for (int64_t i = 0; i < K; ++i) axpy(kh[i], S + i * V, u.data(), vrow);  // S^T k
+      for (int64_t j = 0; j < V; ++j) u[j] = beta[h] * (vh[j] - u[j]);
+      std::fill(oh, oh + V, 0.f);
+      for (int64_t i = 0; i < K; ++i) {
+        axpy(kh[i], u.data(), S + i * V, vrow);
+        axpy(static_cast<float>(scale) * qh[i], S + i * V, oh, vrow);
+      }
+      const float inv = 1.f / std::sqrt(dot(oh, oh, vrow) / V + static_cast<float>(norm_eps));
+      for (int64_t j = 0; j < V; ++j) oh[j] *= inv * nw[j];
+    }
+  }
+  return {o, new_conv, new_state};
+}
+
+// RMSNorm of a few rows (a decoded token's hidden state): y = x / sqrt(mean(x^2) + eps) * weight over the last
+// dim of a float32 [N, D] tensor; one call instead of the five or so operations torch runs for it.
+at::Tensor rms_norm_rows(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  check(x, "x", 2); check(weight, "weight", 1);
+  const int64_t N = x.size(0), D = x.size(1);
+  TORCH_CHECK(weight.size(0) == D, "weight must have x's last dim");
+  auto y = at::empty_like(x);
+  const float *xp = x.data_ptr<float>(), *wp = weight.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const Row<0> row(D);
+  for (int64_t n = 0; n < N; ++n) {
+    const float* xr = xp + n * D;
+    const float inv = 1.f / std::sqrt(dot(xr, xr, row) / D + static_cast<float>(eps));
+    for (int64_t j = 0; j < D; ++j) yp[n * D + j] = xr[j] * inv * wp[j];
+  }
+  return y;
+}
+
+// The SwiGLU MLP of a few rows: down(silu(gate x) * up x), float32 [N, D] -> [N, D]; one call per decoded token.
+at::Tensor swiglu_rows(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& up, const at::Tensor& down) {
+  check(x, "x", 2); check(gate, "gate", 2); check(up, "up", 2); check(down, "down", 2);
+  const int64_t N = x.size(0), D = x.size(1), I = gate.size(0);
+  TORCH_CHECK(gate.size(1) == D && up.size(0) == I && up.size(1) == D && down.size(0) == D && down.size(1) == I,
+              "MLP weights do not match x");
+  auto y = at::empty_like(x);
+  std::vector<float> g(I), h(I);
+  for (int64_t n = 0; n < N; ++n) {
+    const float* xr = x.data_ptr<float>() + n * D;
+    matvec(gate.data_ptr<float>(), xr, I, D, g.data());
+    matvec(up.data_ptr<float>(), xr, I, D, h.data());
+    for (int64_t i = 0; i < I; ++i) h[i] *= g[i] / (1.f + std::exp(-g[i]));
+    matvec(down.data_ptr<float>(), h.data(), D, I, y.data_ptr<float>() + n * D);
+  }
+  return y;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &delta_rule_forward, "fused delta rule forward (CPU, float32)");
   m.def("backward", &delta_rule_backward, "fused delta rule backward (CPU, float32)");
+  m.def("swiglu_rows", &swiglu_rows, "SwiGLU MLP of a few float32 rows (CPU)");
+  m.def("rms_norm_rows", &rms_norm_rows, "RMSNorm over the last dim of a few float32 rows (CPU)");
+  m.def("deltanet_decode_step", &deltanet_decode_step, "one decoded token of DeltaNet's mixer (CPU, float32)");
 }

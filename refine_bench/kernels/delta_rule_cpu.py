@@ -143,3 +143,35 @@ def delta_rule_fused_cpu(
     with autocast_off(q.device):
         o, final = _FusedDeltaRule.apply(q, k, v, beta, state, scale, chunk_size)
     return o.to(q.dtype), final
+
+
+def deltanet_decode_step_cpu(
+    x: torch.Tensor,
+    projections: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    convolutions: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    conv_state: torch.Tensor,
+    state: torch.Tensor,
+    norm_weight: torch.Tensor,
+    norm_eps: float,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One decoded token of DeltaNet's token mixer up to o_proj, in one compiled call (float32 CPU tensors,
+    no autograd): x [B, hidden]; projections (Wq, Wk, Wv, Wb) as nn.Linear weights; convolutions the q, k, v
+    short-convolution weights [channels, 1, width]; conv_state [B, 2 key_dim + value_dim, width - 1]; state
+    [B, H, K, V]; norm_weight the per-head output RMSNorm's. Returns (o [B, value_dim], new conv state, new
+    state), what `DeltaNetAttention._decode_token` computes op by op."""
+    return tuple(load_cpu_kernel().deltanet_decode_step(
+        x.contiguous(), *projections, *convolutions, conv_state.contiguous(), state.contiguous(), norm_weight,
+        norm_eps, scale))
+
+
+def rms_norm_rows_cpu(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dim of a float32 CPU tensor in one compiled call (no autograd): a decoded token's
+    norms cost a tensor operation each instead of five."""
+    return load_cpu_kernel().rms_norm_rows(x.reshape(-1, x.shape[-1]).contiguous(), weight, eps).view(x.shape)
+
+
+def swiglu_rows_cpu(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    """down(silu(gate x) * up x) over the last dim of a float32 CPU tensor in one compiled call (no autograd),
+    with nn.Linear weights: a decoded token's MLP."""
+    return load_cpu_kernel().swiglu_rows(x.reshape(-1, x.shape[-1]).contiguous(), gate, up, down).view(x.shape)

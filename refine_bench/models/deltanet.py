@@ -14,7 +14,15 @@ import torch.nn.functional as F
 from transformers import GenerationMixin
 
 from refine_bench.errors import UserInputError
-from refine_bench.kernels import BACKENDS, causal_depthwise_conv1d, delta_rule, delta_rule_step, resolve_backend
+from refine_bench.kernels import (
+    BACKENDS,
+    causal_depthwise_conv1d,
+    cpu_kernel_available,
+    delta_rule,
+    delta_rule_step,
+    deltanet_decode_step_cpu,
+    resolve_backend,
+)
 from refine_bench.models.base import FastWeightPreTrainedModel
 from refine_bench.models.cache import FastWeightCache
 from refine_bench.models.config import FastWeightConfig
@@ -148,10 +156,26 @@ class DeltaNetAttention(nn.Module):
                 return False
         return x.device.type != "cuda" or resolve_backend(self.config.kernel_backend, x.device) != "fla"
 
+    def _can_decode_compiled(self, x: torch.Tensor, state: dict) -> bool:
+        """The compiled token step (`deltanet_decode_step_cpu`) serves float32 CPU decoding without autograd
+        when the backend allows the fused CPU kernel and it is built."""
+        if torch.is_grad_enabled() or x.device.type != "cpu" or self.config.kernel_backend not in ("auto", "cpp"):
+            return False
+        tensors = (x, state["conv_state"], state["recurrent_state"], self.o_norm.weight, self.q_conv1d.weight,
+                   self.k_conv1d.weight, self.v_conv1d.weight, self.q_proj.weight, self.k_proj.weight,
+                   self.v_proj.weight, self.b_proj.weight)
+        return all(t.dtype == torch.float32 for t in tensors) and cpu_kernel_available()
+
     def _decode_token(self, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
         """One token continuing a cache, in as few tensor operations as the math allows: at decode time the
         per-operation overhead is the cost, not the arithmetic. Computes what `forward` computes (q, k, v and
         beta from one matmul, the short convolution as one product with its window)."""
+        if self._can_decode_compiled(x, state):
+            o, conv_state, recurrent_state = deltanet_decode_step_cpu(
+                x[:, 0], (self.q_proj.weight, self.k_proj.weight, self.v_proj.weight, self.b_proj.weight),
+                (self.q_conv1d.weight, self.k_conv1d.weight, self.v_conv1d.weight), state["conv_state"],
+                state["recurrent_state"], self.o_norm.weight, self.o_norm.eps, self.head_k_dim**-0.5)
+            return self.o_proj(o[:, None]), {"recurrent_state": recurrent_state, "conv_state": conv_state}
         B, H, K = x.shape[0], self.num_heads, self.key_dim
         C = 2 * K + self.value_dim
         weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight, self.b_proj.weight])

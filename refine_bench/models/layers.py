@@ -6,6 +6,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from refine_bench.kernels import cpu_kernel_available, rms_norm_rows_cpu, swiglu_rows_cpu
+
+# Up to this many rows (decoded tokens), a norm or MLP without autograd on the CPU takes the compiled kernels:
+# there the cost is the number of tensor operations, not the arithmetic; more rows are a matmul's job.
+COMPILED_MAX_ROWS = 4
+
+
+def _compiled_rows(x: torch.Tensor, *weights: torch.Tensor) -> bool:
+    return (not torch.is_grad_enabled() and x.device.type == "cpu" and x.numel() <= COMPILED_MAX_ROWS * x.shape[-1]
+            and x.dtype == torch.float32 and all(w.dtype == torch.float32 for w in weights) and cpu_kernel_available())
+
 
 class RMSNorm(nn.Module):
     """y = x / sqrt(mean(x^2) + eps) * weight, computed in float32 and returned in the input dtype."""
@@ -16,7 +27,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # one fused op (the same formula): a decoded token passes through several of these per layer
+        # a decoded token passes through several of these per layer: one compiled call where it can, else
+        # torch's fused op (the same formula)
+        if _compiled_rows(x, self.weight):
+            return rms_norm_rows_cpu(x, self.weight, self.eps)
         return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
 
 
@@ -30,6 +44,11 @@ class SwiGLUMLP(nn.Module):
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        projections = (self.gate_proj, self.up_proj, self.down_proj)
+        plain = all(type(p) is nn.Linear and p.bias is None and not p._forward_hooks and not p._forward_pre_hooks
+                    for p in projections)  # no adapter, hook or bias that the compiled MLP would skip
+        if plain and _compiled_rows(x, *(p.weight for p in projections)):
+            return swiglu_rows_cpu(x, *(p.weight for p in projections))
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
