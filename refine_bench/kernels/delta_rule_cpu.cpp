@@ -427,8 +427,11 @@ at::Tensor swiglu_rows(const at::Tensor& x, const at::Tensor& gate, const at::Te
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward", &delta_rule_forward, "fused delta rule forward (CPU, float32)");
-  m.def("backward", &delta_rule_backward, "fused delta rule backward (CPU, float32)");
+  // a sequence takes milliseconds: let other Python threads (data loading, logging) run meanwhile
+  m.def("forward", &delta_rule_forward, "fused delta rule forward (CPU, float32)",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("backward", &delta_rule_backward, "fused delta rule backward (CPU, float32)",
+        py::call_guard<py::gil_scoped_release>());
   m.def("swiglu_rows", &swiglu_rows, "SwiGLU MLP of a few float32 rows (CPU)");
   m.def("rms_norm_rows", &rms_norm_rows, "RMSNorm over the last dim of a few float32 rows (CPU)");
   m.def("deltanet_decode_step", &deltanet_decode_step, "one decoded token of DeltaNet's mixer (CPU, float32)");
