@@ -15,6 +15,13 @@ from __future__ import annotations
 from refine_bench.kernels.attention import apply_rope, empty_window_cache, rope_cos_sin, window_attention
 from refine_bench.kernels.attention_naive import window_attention_naive
 from refine_bench.kernels.backend import BACKENDS, fla_available, resolve_backend
+from refine_bench.kernels.cpu_kernels import (
+    cpu_kernel_available,
+    delta_rule_fused_cpu,
+    deltanet_decode_step_cpu,
+    rms_norm_rows_cpu,
+    swiglu_rows_cpu,
+)
 from refine_bench.kernels.delta_rule import (
     delta_rule,
     delta_rule_chunked,
@@ -22,13 +29,6 @@ from refine_bench.kernels.delta_rule import (
     delta_rule_step,
 )
 from refine_bench.kernels.delta_rule_args import check_delta_rule_args
-from refine_bench.kernels.delta_rule_cpu import (
-    cpu_kernel_available,
-    delta_rule_fused_cpu,
-    deltanet_decode_step_cpu,
-    rms_norm_rows_cpu,
-    swiglu_rows_cpu,
-)
 from refine_bench.kernels.lact import (
     LaCTPlan,
     init_lact_state,

@@ -11,7 +11,7 @@ import functools
 
 import torch
 
-from refine_bench.kernels.delta_rule_cpu import cpu_kernel_available, load_cpu_kernel
+from refine_bench.kernels.cpu_kernels import cpu_kernel_available, load_cpu_kernel
 
 BACKENDS = ("auto", "torch", "cpp", "fla")
 

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from refine_bench.kernels.backend import BACKENDS, resolve_backend
+from refine_bench.kernels.cpu_kernels import delta_rule_fused_cpu
 from refine_bench.kernels.delta_rule_args import check_delta_rule_args
-from refine_bench.kernels.delta_rule_cpu import delta_rule_fused_cpu
 from refine_bench.kernels.validation import autocast_off
 
 

@@ -1,13 +1,15 @@
-"""The fused CPU delta rule: `delta_rule_cpu.cpp`, compiled on first use with torch's C++ extension builder
-(as fla's Triton kernels are compiled on first use on a GPU), wrapped in an autograd Function.
+"""The project's compiled CPU kernels (`cpu_kernels.cpp`), built on first use with torch's C++ extension
+builder (as fla's Triton kernels are compiled on first use on a GPU):
 
-One loop per (batch, head) keeps the state in the core's cache and makes one pass over it per token, forward
-and backward, so a training step costs the recurrent form's flops (plus one undo per token backward) instead
-of the 2.9x that the chunked WY form executes. Same results as `delta_rule_recurrent` within float32
-rounding; same signature, so the two are interchangeable.
+- `delta_rule_fused_cpu`: the delta rule as one loop per (batch, head) that keeps the state in the core's
+  cache and makes one pass over it per token, forward and backward (an autograd Function), so a training step
+  costs the recurrent form's flops (plus one undo per token backward) instead of the 2.9x that the chunked WY
+  form executes. Same results as `delta_rule_recurrent` within float32 rounding; same signature;
+- the decode step, where per-operation overhead is the cost: `deltanet_decode_step_cpu` (DeltaNet's token
+  mixer up to o_proj), `rms_norm_rows_cpu` and `swiglu_rows_cpu` (no autograd).
 
 The build needs a C++ compiler with OpenMP (gcc on Linux). `cpu_kernel_available()` says whether it worked;
-when it did not, the reason is logged once and `delta_rule(..., backend='auto')` takes the PyTorch path.
+when it did not, the reason is logged once and callers take their PyTorch paths.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from refine_bench.kernels.validation import autocast_off
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("delta_rule_cpu.cpp")
+SOURCE = Path(__file__).with_name("cpu_kernels.cpp")
 # -march=native: the build is for this machine's vector units; the module name below carries the CPU's
 # feature flags, so a home directory shared by different machines never loads a build made for another CPU.
 CFLAGS = ("-O3", "-march=native", "-fopenmp")
@@ -53,7 +55,7 @@ def _module_name() -> str:
     for part in (SOURCE.read_bytes(), " ".join(CFLAGS + LDFLAGS).encode(), _cpu_signature().encode(),
                  torch.__version__.encode()):
         digest.update(part)
-    return f"refine_bench_delta_rule_cpu_{digest.hexdigest()[:16]}"
+    return f"refine_bench_cpu_kernels_{digest.hexdigest()[:16]}"
 
 
 def load_cpu_kernel() -> ModuleType:
@@ -69,18 +71,18 @@ def load_cpu_kernel() -> ModuleType:
         try:
             from torch.utils.cpp_extension import load
 
-            log.info("building the fused CPU delta-rule kernel (once per machine, about 30 s)")
+            log.info("building the compiled CPU kernels (once per machine, about 30 s)")
             _module = load(_module_name(), [str(SOURCE)], extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS),
                            verbose=False)
         except Exception as err:  # no compiler, no OpenMP, a read-only cache: the PyTorch path still works
-            _failure = f"the fused CPU delta-rule kernel could not be built ({type(err).__name__}: {err})"
-            log.warning("%s; using the PyTorch chunked kernel instead", _failure)
+            _failure = f"the compiled CPU kernels could not be built ({type(err).__name__}: {err})"
+            log.warning("%s; using the PyTorch paths instead", _failure)
             raise RuntimeError(_failure) from err
         return _module
 
 
 def cpu_kernel_available() -> bool:
-    """True when the fused CPU kernel is built (building it now if this process has not tried yet)."""
+    """True when the compiled CPU kernels are built (building them now if this process has not tried yet)."""
     try:
         load_cpu_kernel()
     except RuntimeError:

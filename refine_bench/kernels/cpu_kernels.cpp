@@ -1,8 +1,11 @@
+// The project's compiled CPU kernels: the fused delta rule (training and prefill) and the decode step's fused
+// operations (DeltaNet's token mixer, RMSNorm and the SwiGLU MLP of a few rows), further down.
+//
 // The delta rule as one fused loop per (batch, head) on the CPU: forward and backward of
 //   S_t = S_{t-1} + beta_t k_t r_t^T,  r_t = v_t - S_{t-1}^T k_t,  o_t = S_t^T (scale q_t).
 // The state (K x V float32) stays in the core's cache for the whole sequence, so each token costs about
 // 3 K V multiply-adds forward and 7 backward, every one of them on a contiguous row of V floats.
-// Compiled on first use by refine_bench/kernels/delta_rule_cpu.py (torch.utils.cpp_extension).
+// Compiled on first use by refine_bench/kernels/cpu_kernels.py (torch.utils.cpp_extension).
 //
 // Layout: q, k [B, T, H, K]; v, o [B, T, H, V]; beta [B, T, H]; states [G, N + 1, K, V] (G = B x H, N stretches of
 // `every` tokens, the last one possibly shorter): states[:, 0] is the initial state, states[:, n + 1] the state

@@ -1,5 +1,6 @@
-"""The fused CPU delta-rule kernel equals the token recurrence (outputs, final state and every gradient), over
-the shapes that take its different code paths, and the backends choose it and fall back from it as documented."""
+"""The compiled CPU kernels: the fused delta rule equals the token recurrence (outputs, final state and every
+gradient) over the shapes that take its different code paths, the backends choose it and fall back from it as
+documented, and the decode step's compiled mixer, norms and MLP equal their op-by-op PyTorch forms."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import shutil
 import pytest
 import torch
 
+from refine_bench.kernels import cpu_kernels as cpu_kernel
 from refine_bench.kernels import delta_rule, delta_rule_fused_cpu, delta_rule_recurrent, resolve_backend
-from refine_bench.kernels import delta_rule_cpu as cpu_kernel
 from refine_bench.models import layers
 from refine_bench.models.deltanet import DeltaNetConfig, DeltaNetForCausalLM
 from refine_bench.models.layers import RMSNorm, SwiGLUMLP
@@ -93,7 +94,7 @@ def test_cpp_backend_is_cpu_only():
 
 def test_a_failed_build_falls_back_to_torch_and_names_the_cause(monkeypatch):
     monkeypatch.setattr(cpu_kernel, "_module", None)
-    monkeypatch.setattr(cpu_kernel, "_failure", "the fused CPU delta-rule kernel could not be built (no compiler)")
+    monkeypatch.setattr(cpu_kernel, "_failure", "the compiled CPU kernels could not be built (no compiler)")
     assert resolve_backend("auto", torch.device("cpu")) == "torch"
     with pytest.raises(RuntimeError, match="could not be built \\(no compiler\\)"):
         resolve_backend("cpp", torch.device("cpu"))
