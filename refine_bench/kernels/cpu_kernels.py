@@ -24,8 +24,8 @@ from types import ModuleType
 import torch
 from torch.autograd.function import once_differentiable
 
-from refine_bench.kernels.delta_rule_args import check_delta_rule_args
-from refine_bench.kernels.validation import autocast_off
+from refine_bench.kernels.delta_rule_args import start_delta_rule
+from refine_bench.kernels.validation import autocast_off, check_chunk_size
 
 log = logging.getLogger(__name__)
 
@@ -133,15 +133,12 @@ def delta_rule_fused_cpu(
 
     Raises RuntimeError when the kernel cannot be built (see `cpu_kernel_available`).
     """
-    B, T, H, K, V = check_delta_rule_args(q, k, v, beta, initial_state)
-    scale = K**-0.5 if scale is None else scale
-    state = torch.zeros(B, H, K, V) if initial_state is None else initial_state
+    (B, T, H, K, V), scale, state = start_delta_rule(q, k, v, beta, initial_state, scale)
     if q.device.type != "cpu":
         raise ValueError(f"delta_rule_fused_cpu needs CPU tensors, got {q.device}")
-    if not isinstance(chunk_size, int) or chunk_size <= 0:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    check_chunk_size(chunk_size)
     if T == 0:
-        return v.new_zeros(B, 0, H, V), state.float()
+        return v.new_zeros(B, 0, H, V), state
     with autocast_off(q.device):
         o, final = _FusedDeltaRule.apply(q, k, v, beta, state, scale, chunk_size)
     return o.to(q.dtype), final

@@ -15,18 +15,8 @@ from torch.autograd.function import once_differentiable
 
 from refine_bench.kernels.backend import BACKENDS, resolve_backend
 from refine_bench.kernels.cpu_kernels import delta_rule_fused_cpu
-from refine_bench.kernels.delta_rule_args import check_delta_rule_args
-from refine_bench.kernels.validation import autocast_off
-
-
-def _start(q, k, v, beta, initial_state, scale) -> tuple[tuple[int, int, int, int, int], float, torch.Tensor]:
-    """Checked dims, the query scale (1/sqrt(K) by default) and the float32 initial state (zeros when None)."""
-    B, T, H, K, V = dims = check_delta_rule_args(q, k, v, beta, initial_state)
-    if initial_state is None:
-        state = torch.zeros(B, H, K, V, device=q.device, dtype=torch.float32)
-    else:
-        state = initial_state.float()
-    return dims, K**-0.5 if scale is None else scale, state
+from refine_bench.kernels.delta_rule_args import check_delta_rule_args, start_delta_rule
+from refine_bench.kernels.validation import autocast_off, check_chunk_size
 
 
 def delta_rule_recurrent(
@@ -41,7 +31,7 @@ def delta_rule_recurrent(
 
     The reference every other path is checked against, and the decoding path (one token per call).
     """
-    (B, T, H, K, V), scale, S = _start(q, k, v, beta, initial_state, scale)
+    (B, T, H, K, V), scale, S = start_delta_rule(q, k, v, beta, initial_state, scale)
     with autocast_off(q.device):
         qf, kf, vf, bf = q.float(), k.float(), v.float(), beta.float()
         outs = []
@@ -142,9 +132,8 @@ def delta_rule_chunked(
     the state pass are sequential (`_ChunkRecurrence`); everything else is one batched matmul over all chunks.
     A ragged tail is padded with beta = 0, which leaves the state unchanged.
     """
-    (B, T, H, K, V), scale, S = _start(q, k, v, beta, initial_state, scale)
-    if not isinstance(chunk_size, int) or chunk_size <= 0:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    (B, T, H, K, V), scale, S = start_delta_rule(q, k, v, beta, initial_state, scale)
+    check_chunk_size(chunk_size)
     if T == 0:
         return v.new_zeros(B, 0, H, V), S
     C = chunk_size

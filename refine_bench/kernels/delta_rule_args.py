@@ -1,4 +1,4 @@
-"""The delta rule's argument check, shared by every path (PyTorch, the fused CPU kernel, fla)."""
+"""The delta rule's argument check and start, shared by every path (PyTorch, the fused CPU kernel, fla)."""
 
 from __future__ import annotations
 
@@ -20,3 +20,15 @@ def check_delta_rule_args(
     if initial_state is not None:
         check_tensor("initial_state", initial_state, [B, H, K, V], "[B, H, K, V]")
     return B, T, H, K, V
+
+
+def start_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
+                     initial_state: torch.Tensor | None, scale: float | None
+                     ) -> tuple[tuple[int, int, int, int, int], float, torch.Tensor]:
+    """Checked dims, the query scale (1/sqrt(K) by default) and the float32 initial state (zeros when None)."""
+    B, T, H, K, V = dims = check_delta_rule_args(q, k, v, beta, initial_state)
+    if initial_state is None:
+        state = torch.zeros(B, H, K, V, device=q.device, dtype=torch.float32)
+    else:
+        state = initial_state.float()
+    return dims, K**-0.5 if scale is None else scale, state

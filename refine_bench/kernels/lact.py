@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from refine_bench.kernels.validation import autocast_off, check_tensor
+from refine_bench.kernels.validation import autocast_off, check_chunk_size, check_tensor
 
 # Newton-Schulz iteration coefficients (5 steps), as in LaCT's `zeropower_via_newtonschulz5`.
 NS_COEFFICIENTS = (
@@ -107,8 +107,7 @@ def init_lact_state(
     Keys: w0/w1/w2 [B, H, ., .], w*_norm [B, H, rows, 1] (initial row norms), m0/m1/m2 (momentum, if used),
     pending chunk k/v [B, H, C, d], lr [B, H, C, 3], mom [B, H, C] (if used), seen [B] (real tokens consumed).
     """
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    check_chunk_size(chunk_size)
     H, dh, d = w0.shape
     if tuple(w2.shape) != (H, dh, d) or tuple(w1.shape) != (H, d, dh):
         raise ValueError(

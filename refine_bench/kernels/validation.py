@@ -29,6 +29,12 @@ def check_tensor(name: str, x: torch.Tensor, expected: Sequence[int | None], lay
         raise ValueError(f"{name} must be float32, bfloat16 or float16, got {x.dtype}")
 
 
+def check_chunk_size(chunk_size: object) -> None:
+    """Raise ValueError unless `chunk_size` is a positive int (every chunked kernel's argument)."""
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+
+
 def autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
     """Autocast disabled on `device`'s type while it is enabled there (a no-op otherwise).
 
