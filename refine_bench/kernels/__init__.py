@@ -16,6 +16,7 @@ from refine_bench.kernels.attention import apply_rope, empty_window_cache, rope_
 from refine_bench.kernels.attention_naive import window_attention_naive
 from refine_bench.kernels.backend import BACKENDS, fla_available, resolve_backend
 from refine_bench.kernels.cpu_kernels import (
+    compiled_cpu_applies,
     cpu_kernel_available,
     delta_rule_fused_cpu,
     deltanet_decode_step_cpu,
@@ -48,6 +49,7 @@ __all__ = [
     "apply_rope",
     "causal_depthwise_conv1d",
     "check_delta_rule_args",
+    "compiled_cpu_applies",
     "cpu_kernel_available",
     "delta_rule",
     "delta_rule_chunked",

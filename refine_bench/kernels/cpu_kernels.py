@@ -90,6 +90,13 @@ def cpu_kernel_available() -> bool:
     return True
 
 
+def compiled_cpu_applies(*tensors: torch.Tensor) -> bool:
+    """Whether the no-autograd compiled kernels (the decode step's) serve these tensors: autograd off, every
+    tensor float32 on the CPU, and the kernels built (building them if this process has not tried yet)."""
+    return (not torch.is_grad_enabled() and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+            and cpu_kernel_available())
+
+
 def _float32(x: torch.Tensor) -> torch.Tensor:
     return x.float().contiguous()  # no copy for the usual float32 contiguous input
 

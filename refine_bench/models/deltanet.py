@@ -17,7 +17,7 @@ from refine_bench.errors import UserInputError
 from refine_bench.kernels import (
     BACKENDS,
     causal_depthwise_conv1d,
-    cpu_kernel_available,
+    compiled_cpu_applies,
     delta_rule,
     delta_rule_step,
     deltanet_decode_step_cpu,
@@ -159,12 +159,10 @@ class DeltaNetAttention(nn.Module):
     def _can_decode_compiled(self, x: torch.Tensor, state: dict) -> bool:
         """The compiled token step (`deltanet_decode_step_cpu`) serves float32 CPU decoding without autograd
         when the backend allows the fused CPU kernel and it is built."""
-        if torch.is_grad_enabled() or x.device.type != "cpu" or self.config.kernel_backend not in ("auto", "cpp"):
-            return False
-        tensors = (x, state["conv_state"], state["recurrent_state"], self.o_norm.weight, self.q_conv1d.weight,
-                   self.k_conv1d.weight, self.v_conv1d.weight, self.q_proj.weight, self.k_proj.weight,
-                   self.v_proj.weight, self.b_proj.weight)
-        return all(t.dtype == torch.float32 for t in tensors) and cpu_kernel_available()
+        return self.config.kernel_backend in ("auto", "cpp") and compiled_cpu_applies(
+            x, state["conv_state"], state["recurrent_state"], self.o_norm.weight, self.q_conv1d.weight,
+            self.k_conv1d.weight, self.v_conv1d.weight, self.q_proj.weight, self.k_proj.weight, self.v_proj.weight,
+            self.b_proj.weight)
 
     def _decode_token(self, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
         """One token continuing a cache, in as few tensor operations as the math allows: at decode time the

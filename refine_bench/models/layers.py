@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from refine_bench.kernels import cpu_kernel_available, rms_norm_rows_cpu, swiglu_rows_cpu
+from refine_bench.kernels import compiled_cpu_applies, rms_norm_rows_cpu, swiglu_rows_cpu
 
 # Up to this many rows (decoded tokens), a norm or MLP without autograd on the CPU takes the compiled kernels:
 # there the cost is the number of tensor operations, not the arithmetic; more rows are a matmul's job.
@@ -14,8 +14,7 @@ COMPILED_MAX_ROWS = 4
 
 
 def _compiled_rows(x: torch.Tensor, *weights: torch.Tensor) -> bool:
-    return (not torch.is_grad_enabled() and x.device.type == "cpu" and x.numel() <= COMPILED_MAX_ROWS * x.shape[-1]
-            and x.dtype == torch.float32 and all(w.dtype == torch.float32 for w in weights) and cpu_kernel_available())
+    return x.numel() <= COMPILED_MAX_ROWS * x.shape[-1] and compiled_cpu_applies(x, *weights)
 
 
 class RMSNorm(nn.Module):
@@ -45,9 +44,11 @@ class SwiGLUMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         projections = (self.gate_proj, self.up_proj, self.down_proj)
-        plain = all(type(p) is nn.Linear and p.bias is None and not p._forward_hooks and not p._forward_pre_hooks
-                    for p in projections)  # no adapter, hook or bias that the compiled MLP would skip
-        if plain and _compiled_rows(x, *(p.weight for p in projections)):
+        # the cheap test first (it ends at autograd on, i.e. in training), then no adapter, hook or bias that
+        # the compiled MLP would skip
+        if _compiled_rows(x, *(p.weight for p in projections)) and all(
+                type(p) is nn.Linear and p.bias is None and not p._forward_hooks and not p._forward_pre_hooks
+                for p in projections):
             return swiglu_rows_cpu(x, *(p.weight for p in projections))
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
