@@ -11,7 +11,7 @@ import torch
 
 from refine_bench.kernels import cpu_kernels as cpu_kernel
 from refine_bench.kernels import delta_rule, delta_rule_fused_cpu, delta_rule_recurrent, resolve_backend
-from refine_bench.models import layers
+from refine_bench.models import deltanet, layers
 from refine_bench.models.deltanet import DeltaNetConfig, DeltaNetForCausalLM
 from refine_bench.models.layers import RMSNorm, SwiGLUMLP
 from tests.test_delta_rule_kernels import grads_of, make_inputs
@@ -170,7 +170,37 @@ def test_compiled_decode_step_equals_the_torch_token_step(monkeypatch, hidden, h
     with torch.no_grad():
         assert attn._can_decode_compiled(torch.zeros(2, 1, hidden), state)
     assert not attn._can_decode_compiled(torch.zeros(2, 1, hidden), state)  # autograd on: the torch step
-    monkeypatch.setattr(layers, "COMPILED_MAX_ROWS", 0)
     model.config.kernel_backend = "torch"
     reference = _greedy_logits(model, ids, steps=6)
     torch.testing.assert_close(compiled, reference, atol=2e-5, rtol=1e-5)
+
+
+def _count_compiled_calls(monkeypatch) -> dict[str, int]:
+    calls = {"mixer": 0, "norm": 0, "mlp": 0}
+
+    def counting(name, fn):
+        def wrapped(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(deltanet, "deltanet_decode_step_cpu", counting("mixer", deltanet.deltanet_decode_step_cpu))
+    monkeypatch.setattr(layers, "rms_norm_rows_cpu", counting("norm", layers.rms_norm_rows_cpu))
+    monkeypatch.setattr(layers, "swiglu_rows_cpu", counting("mlp", layers.swiglu_rows_cpu))
+    return calls
+
+
+@pytest.mark.parametrize("backend", ["auto", "cpp", "torch"])
+def test_kernel_backend_torch_keeps_every_decode_op_on_torch(monkeypatch, backend):
+    """`kernel_backend="torch"` turns off the compiled mixer step, norms and MLP alike, read at each call (the
+    bench flips it on a loaded model); `auto` and `cpp` decode through all three."""
+    config = DeltaNetConfig(vocab_size=97, hidden_size=128, num_hidden_layers=2, num_heads=2)
+    torch.manual_seed(0)
+    model = DeltaNetForCausalLM(config).eval()
+    ids = torch.randint(0, 97, (1, 12), generator=torch.Generator().manual_seed(1))
+    model.config.kernel_backend = backend
+    calls = _count_compiled_calls(monkeypatch)
+    _greedy_logits(model, ids, steps=3)
+    # 3 decoded tokens x (2 layers x (mixer step, its 2 norms, MLP) + the final norm); o_norm is inside the step
+    expected = {"mixer": 6, "norm": 15, "mlp": 6} if backend != "torch" else {"mixer": 0, "norm": 0, "mlp": 0}
+    assert calls == expected

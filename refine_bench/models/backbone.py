@@ -28,10 +28,10 @@ class FastWeightBlock(nn.Module):
 
     def __init__(self, config: FastWeightConfig, mixer: nn.Module) -> None:
         super().__init__()
-        self.attn_norm = RMSNorm(config.hidden_size, eps=config.norm_eps)
+        self.attn_norm = RMSNorm(config.hidden_size, eps=config.norm_eps, kernels=config)
         self.attn = mixer
-        self.mlp_norm = RMSNorm(config.hidden_size, eps=config.norm_eps)
-        self.mlp = SwiGLUMLP(config.hidden_size, config.mlp_intermediate_size)
+        self.mlp_norm = RMSNorm(config.hidden_size, eps=config.norm_eps, kernels=config)
+        self.mlp = SwiGLUMLP(config.hidden_size, config.mlp_intermediate_size, kernels=config)
 
     def forward(self, x: torch.Tensor, ctx: Any, state: dict | None) -> tuple[torch.Tensor, dict | None]:
         h, new_state = self.attn(self.attn_norm(x), ctx, state)
@@ -50,7 +50,7 @@ class FastWeightBackbone(nn.Module):
         self.layers = nn.ModuleList(
             [FastWeightBlock(config, mixer_class(config, i)) for i in range(config.num_hidden_layers)]
         )
-        self.norm = RMSNorm(config.hidden_size, eps=config.norm_eps)
+        self.norm = RMSNorm(config.hidden_size, eps=config.norm_eps, kernels=config)
         self.gradient_checkpointing = False
         self.checkpoint_kwargs: dict[str, Any] = {}
 

@@ -50,5 +50,11 @@ class FastWeightConfig(PretrainedConfig):
                 )
 
     @property
+    def allows_compiled_cpu_kernels(self) -> bool:
+        """Whether the compiled CPU kernels (decode-time norms, MLP, mixer step) may serve this model; a model
+        with a kernel-backend setting says no when that setting asks for torch's ops."""
+        return True
+
+    @property
     def mlp_intermediate_size(self) -> int:
         return self.intermediate_size or swiglu_intermediate_size(self.hidden_size, self.hidden_ratio)

@@ -76,6 +76,11 @@ class DeltaNetConfig(FastWeightConfig):
             raise UserInputError(f"DeltaNetConfig.kernel_backend must be one of {BACKENDS}, got "
                                  f"{self.kernel_backend!r}")
 
+    @property
+    def allows_compiled_cpu_kernels(self) -> bool:
+        """`torch` (and `fla`) keep every op on torch; `auto` and `cpp` allow the compiled CPU kernels."""
+        return self.kernel_backend in ("auto", "cpp")
+
 
 class ShortConv(nn.Module):
     """Depthwise causal convolution weight [C, 1, W] (fla's `*_conv1d.weight`); the mixer runs q, k and v
@@ -107,7 +112,7 @@ class DeltaNetAttention(nn.Module):
         self.q_conv1d = ShortConv(self.key_dim, config.conv_size)
         self.k_conv1d = ShortConv(self.key_dim, config.conv_size)
         self.v_conv1d = ShortConv(self.value_dim, config.conv_size)
-        self.o_norm = RMSNorm(self.head_v_dim, eps=config.norm_eps)
+        self.o_norm = RMSNorm(self.head_v_dim, eps=config.norm_eps, kernels=config)
         self.o_proj = nn.Linear(self.value_dim, config.hidden_size, bias=False)
 
     @classmethod
@@ -159,7 +164,7 @@ class DeltaNetAttention(nn.Module):
     def _can_decode_compiled(self, x: torch.Tensor, state: dict) -> bool:
         """The compiled token step (`deltanet_decode_step_cpu`) serves float32 CPU decoding without autograd
         when the backend allows the fused CPU kernel and it is built."""
-        return self.config.kernel_backend in ("auto", "cpp") and compiled_cpu_applies(
+        return self.config.allows_compiled_cpu_kernels and compiled_cpu_applies(
             x, state["conv_state"], state["recurrent_state"], self.o_norm.weight, self.q_conv1d.weight,
             self.k_conv1d.weight, self.v_conv1d.weight, self.q_proj.weight, self.k_proj.weight, self.v_proj.weight,
             self.b_proj.weight)

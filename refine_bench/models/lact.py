@@ -199,8 +199,8 @@ class LaCTAttention(nn.Module):
         d, dh = config.fw_head_dim, config.fw_hidden_dim
         self.qkv = nn.Linear(h, 3 * h, bias=config.qkv_bias)
         if config.attn_qk_norm:
-            self.q_norm = RMSNorm(h, eps=FW_NORM_EPS)
-            self.k_norm = RMSNorm(h, eps=FW_NORM_EPS)
+            self.q_norm = RMSNorm(h, eps=FW_NORM_EPS, kernels=config)
+            self.k_norm = RMSNorm(h, eps=FW_NORM_EPS, kernels=config)
         self.o_proj = nn.Linear(h, h, bias=False)
         if config.w0_w2_low_rank > 0:
             self.w0 = LowRankFastWeight(H, dh, d, config.w0_w2_low_rank, config.fw_init_gain)
@@ -214,7 +214,7 @@ class LaCTAttention(nn.Module):
         self.qk_offset = nn.Parameter(torch.zeros(h, 2))
         if config.learnable_ttt_scale:
             self.ttt_scale_proj = nn.Linear(h, H)
-        self.ttt_norm = RMSNorm(d, eps=FW_NORM_EPS)
+        self.ttt_norm = RMSNorm(d, eps=FW_NORM_EPS, kernels=config)
         if config.use_momentum:
             self.momentum_proj = nn.Sequential(nn.Linear(h, H), nn.Sigmoid())
         self.base_lr_inv = inv_softplus(float(config.fast_weight_base_lr))

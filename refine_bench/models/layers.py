@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -13,31 +15,45 @@ from refine_bench.kernels import compiled_cpu_applies, rms_norm_rows_cpu, swiglu
 COMPILED_MAX_ROWS = 4
 
 
-def _compiled_rows(x: torch.Tensor, *weights: torch.Tensor) -> bool:
+class KernelChoice(Protocol):
+    """What a layer asks its model's config, at each call, before taking a compiled CPU kernel."""
+
+    @property
+    def allows_compiled_cpu_kernels(self) -> bool: ...
+
+
+def _compiled_rows(x: torch.Tensor, *weights: torch.Tensor, kernels: KernelChoice | None = None) -> bool:
+    if kernels is not None and not kernels.allows_compiled_cpu_kernels:
+        return False
     return x.numel() <= COMPILED_MAX_ROWS * x.shape[-1] and compiled_cpu_applies(x, *weights)
 
 
 class RMSNorm(nn.Module):
-    """y = x / sqrt(mean(x^2) + eps) * weight, computed in float32 and returned in the input dtype."""
+    """y = x / sqrt(mean(x^2) + eps) * weight, computed in float32 and returned in the input dtype.
 
-    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+    `kernels` (the model's config) is asked at each call whether the compiled CPU rows may serve it; without
+    one they may."""
+
+    def __init__(self, dim: int, eps: float = 1e-6, kernels: KernelChoice | None = None) -> None:
         super().__init__()
         self.eps = eps
+        self.kernels = kernels
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # a decoded token passes through several of these per layer: one compiled call where it can, else
         # torch's fused op (the same formula)
-        if _compiled_rows(x, self.weight):
+        if _compiled_rows(x, self.weight, kernels=self.kernels):
             return rms_norm_rows_cpu(x, self.weight, self.eps)
         return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps).to(x.dtype)
 
 
 class SwiGLUMLP(nn.Module):
-    """down(silu(gate(x)) * up(x))."""
+    """down(silu(gate(x)) * up(x)); `kernels` as for RMSNorm."""
 
-    def __init__(self, hidden_size: int, intermediate_size: int) -> None:
+    def __init__(self, hidden_size: int, intermediate_size: int, kernels: KernelChoice | None = None) -> None:
         super().__init__()
+        self.kernels = kernels
         self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
         self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
@@ -46,7 +62,7 @@ class SwiGLUMLP(nn.Module):
         projections = (self.gate_proj, self.up_proj, self.down_proj)
         # the cheap test first (it ends at autograd on, i.e. in training), then no adapter, hook or bias that
         # the compiled MLP would skip
-        if _compiled_rows(x, *(p.weight for p in projections)) and all(
+        if _compiled_rows(x, *(p.weight for p in projections), kernels=self.kernels) and all(
                 type(p) is nn.Linear and p.bias is None and not p._forward_hooks and not p._forward_pre_hooks
                 for p in projections):
             return swiglu_rows_cpu(x, *(p.weight for p in projections))
