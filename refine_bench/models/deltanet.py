@@ -26,7 +26,7 @@ from refine_bench.kernels import (
 from refine_bench.models.base import FastWeightPreTrainedModel
 from refine_bench.models.cache import FastWeightCache
 from refine_bench.models.config import FastWeightConfig
-from refine_bench.models.layers import RMSNorm, l2_normalize
+from refine_bench.models.layers import RMSNorm, l2_normalize, plain_linears
 
 # Sequences up to this length take the token recurrence, longer ones the chunked kernel.
 RECURRENT_MAX_LEN = 16
@@ -156,9 +156,8 @@ class DeltaNetAttention(nn.Module):
     def _can_decode_fused(self, x: torch.Tensor) -> bool:
         """The fused token step reads the projection weights directly: only for plain, unhooked nn.Linear
         projections (an adapter or a hook wrapping them takes the general path), off fla."""
-        for proj in (self.q_proj, self.k_proj, self.v_proj, self.b_proj):
-            if type(proj) is not nn.Linear or proj._forward_hooks or proj._forward_pre_hooks:
-                return False
+        if not plain_linears(self.q_proj, self.k_proj, self.v_proj, self.b_proj):
+            return False
         return x.device.type != "cuda" or resolve_backend(self.config.kernel_backend, x.device) != "fla"
 
     def _can_decode_compiled(self, x: torch.Tensor, state: dict) -> bool:

@@ -22,6 +22,12 @@ class KernelChoice(Protocol):
     def allows_compiled_cpu_kernels(self) -> bool: ...
 
 
+def plain_linears(*modules: nn.Module) -> bool:
+    """Whether every module is a bare nn.Linear without forward hooks: code that reads the weights directly
+    (a fused decode step) would skip what an adapter subclass or a hook adds."""
+    return all(type(m) is nn.Linear and not m._forward_hooks and not m._forward_pre_hooks for m in modules)
+
+
 def _compiled_rows(x: torch.Tensor, *weights: torch.Tensor, kernels: KernelChoice | None = None) -> bool:
     if kernels is not None and not kernels.allows_compiled_cpu_kernels:
         return False
@@ -62,9 +68,8 @@ class SwiGLUMLP(nn.Module):
         projections = (self.gate_proj, self.up_proj, self.down_proj)
         # the cheap test first (it ends at autograd on, i.e. in training), then no adapter, hook or bias that
         # the compiled MLP would skip
-        if _compiled_rows(x, *(p.weight for p in projections), kernels=self.kernels) and all(
-                type(p) is nn.Linear and p.bias is None and not p._forward_hooks and not p._forward_pre_hooks
-                for p in projections):
+        if (_compiled_rows(x, *(p.weight for p in projections), kernels=self.kernels)
+                and plain_linears(*projections) and all(p.bias is None for p in projections)):
             return swiglu_rows_cpu(x, *(p.weight for p in projections))
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
