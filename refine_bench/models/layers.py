@@ -29,9 +29,10 @@ def plain_linears(*modules: nn.Module) -> bool:
 
 
 def _compiled_rows(x: torch.Tensor, *weights: torch.Tensor, kernels: KernelChoice | None = None) -> bool:
-    if kernels is not None and not kernels.allows_compiled_cpu_kernels:
-        return False
-    return x.numel() <= COMPILED_MAX_ROWS * x.shape[-1] and compiled_cpu_applies(x, *weights)
+    # the config is asked last: its attribute lookup (~1 us) is the dearest test, and training and prompts
+    # (autograd on, many rows) end at the cheaper ones
+    return (x.numel() <= COMPILED_MAX_ROWS * x.shape[-1] and compiled_cpu_applies(x, *weights)
+            and (kernels is None or kernels.allows_compiled_cpu_kernels))
 
 
 class RMSNorm(nn.Module):
