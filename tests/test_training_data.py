@@ -149,3 +149,40 @@ def test_tables_profile_is_compact_key_value_rows_then_queried_rows(tok):
         for qa in doc.qas:
             assert all(value.isdigit() for value in qa.answers)
             assert doc.text.count(qa.answers[0]) >= 2  # stated in the table, then recalled
+
+
+def test_far_profile_puts_unrelated_text_between_the_table_and_its_questions(tok):
+    import itertools
+    import re
+
+    from refine_bench.train.pretrain_corpus import PROFILES, make_document
+
+    docs = [make_document(0, i, 512, tok, profile=PROFILES["corpus-far"]) for i in range(20)]
+    far = [d for d in docs if d.kind == "far-table"]
+    assert {d.kind for d in docs} == {"far-table", "table"} and len(far) >= 8
+    gaps = []
+    for doc in far:
+        lines = doc.text.split("\n")
+        lines = lines[1:] if lines[0] in ("Table:", "Lookup table") else lines
+        rows = list(itertools.takewhile(lambda line: re.fullmatch(r"[a-z-]+ ?(:|=|->|\|) \d+", line), lines))
+        table = "\n".join(rows)
+        assert all(qa.answers[0] in table for qa in doc.qas)  # the document opens with the rows it asks about
+        gap = doc.text[doc.text.index(table) + len(table):doc.text.rfind("\n", 0, doc.qas[0].prompt_end)]
+        assert not any(qa.answers[0] in gap for qa in doc.qas)
+        gaps.append(len(tok(gap, add_special_tokens=False)["input_ids"]))
+    assert min(gaps) > 0 and sorted(gaps)[len(gaps) // 2] >= 128, gaps  # most gaps exceed a 128-token window
+
+
+def test_new_profiles_leave_the_existing_corpora_unchanged(tok):
+    """The shipped models' recipes name `corpus-tables` and `corpus-dense`: their documents must not move when a
+    profile or family is added (these fingerprints are of the documents as the models were trained on them)."""
+    import hashlib
+
+    from refine_bench.train.pretrain_corpus import PROFILES, make_document
+
+    def fingerprint(profile: str) -> str:
+        texts = [make_document(0, i, 256, tok, profile=PROFILES[profile]).text for i in range(12)]
+        return hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
+
+    assert {name: fingerprint(name) for name in ("corpus", "corpus-dense", "corpus-tables")} == {
+        "corpus": "4878186ddd2c3a8a", "corpus-dense": "0bae70121128ade9", "corpus-tables": "be2c568b6e8a4c1d"}

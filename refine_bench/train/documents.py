@@ -207,7 +207,7 @@ def packed_sequences(docs: Iterable[str], tokenizer, seq_len: int, limit: int | 
 
 def corpus_seed(source: str) -> int | None:
     """The seed of a generated-corpus source (`PROFILE[:SEED]` for a profile of `pretrain_corpus.PROFILES`:
-    corpus, corpus-dense, corpus-tables), or None for any other source."""
+    corpus, corpus-dense, corpus-tables, corpus-far), or None for any other source."""
     from refine_bench.train.pretrain_corpus import PROFILES
 
     name, _, seed = str(source).partition(":")

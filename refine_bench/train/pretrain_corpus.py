@@ -364,6 +364,7 @@ class _Task:
     distractor: Callable[[], str] | None  # makes a fresh distractor fact (for a haystack made of facts)
     facts_in_order: bool = False  # facts keep their order in the context (multi-value answers list them so)
     answer_sep: str | None = None  # how answers with several values are joined (None: a varied list)
+    facts_first: bool = False  # all facts open the context, the haystack lies between them and the questions
 
 
 def _new_keys(rng: random.Random, n: int, style: str) -> list[str]:
@@ -432,6 +433,13 @@ def _table_task(rng: random.Random, cap: int, styles: Styles = DEFAULT_STYLES) -
     return _Task(rng.choice(("", "Table:\n", "Lookup table\n")) + table, [], questions, None)
 
 
+def _far_table_task(rng: random.Random, cap: int, styles: Styles = DEFAULT_STYLES) -> _Task:
+    """A compact table, then unrelated text, then questions: recall across a gap, which a model whose attention
+    window is shorter than the gap can only do through its fast weights."""
+    table = _table_task(rng, cap, styles)
+    return _Task("", [table.intro + "\n"], table.questions, None, facts_first=True)
+
+
 def _passcode_task(rng: random.Random) -> _Task:
     i = rng.randrange(len(PASSCODE_FACTS))
     value = make_value(rng, rng.choice(("digits", "digits", "alnum")))
@@ -482,6 +490,8 @@ def _make_task(rng: random.Random, family: str, cap: int = 64, styles: Styles = 
         return _lookup_task(rng, cap, multiquery=True, styles=styles)
     if family == "table":
         return _table_task(rng, cap, styles)
+    if family == "far-table":
+        return _far_table_task(rng, cap, styles)
     if family == "passcode":
         return _passcode_task(rng)
     if family == "alias":
@@ -558,7 +568,7 @@ def _layout(rng: random.Random, task: _Task, budget: int, count: Callable[[str],
             text += answer_texts[len(qas) - 1]
         return text, qas
 
-    rng_slots = [rng.randint(0, len(units)) for _ in task.facts]
+    rng_slots = [0] * len(task.facts) if task.facts_first else [rng.randint(0, len(units)) for _ in task.facts]
     if task.facts_in_order:
         rng_slots.sort()
     q_answers = task.questions
@@ -607,12 +617,16 @@ class CorpusProfile:
     key_styles: dict[str, float] = field(default_factory=lambda: dict(KEY_STYLES))
     value_styles: dict[str, float] = field(default_factory=lambda: dict(VALUE_STYLES))
     max_keys: int = 64
+    min_budget_fraction: float = 0.25  # a synthetic part takes between this share of the window and all of it
 
 
 # `corpus` is the full mix; `corpus-dense` keeps the recall families with short keys and digit values, fewer keys
 # per document and fewer natural documents; `corpus-tables` is only compact key = value tables then queried rows
 # (the associative-recall drill): the first stage of a curriculum, where a 2-layer model starts copying values
 # within a few hundred steps while it does not on the other two mixes at the same budget (README, Models).
+# `corpus-far` is the same drill with most tables followed by unrelated text before their questions (7 in 10,
+# the synthetic part filling at least 3/4 of the window): recall across a gap, for a model with a short attention
+# window whose fast weights must carry the rows.
 PROFILES: dict[str, CorpusProfile] = {
     "corpus": CorpusProfile(),
     "corpus-dense": CorpusProfile(
@@ -622,7 +636,12 @@ PROFILES: dict[str, CorpusProfile] = {
         max_keys=16),
     "corpus-tables": CorpusProfile(synthetic_fraction=1.0, family_weights={"table": 1.0},
                                    key_styles={"pseudo": 1}, value_styles={"digits": 1}, max_keys=16),
+    "corpus-far": CorpusProfile(synthetic_fraction=1.0, family_weights={"far-table": 0.7, "table": 0.3},
+                                key_styles={"pseudo": 1}, value_styles={"digits": 1}, max_keys=8,
+                                min_budget_fraction=0.75),
 }
+# every family a profile may name: `corpus`'s own, and the drills that only the narrower profiles draw
+FAMILIES = (*FAMILY_WEIGHTS, "far-table")
 
 
 def make_document(seed: int, index: int, max_tokens: int, tokenizer: Any,
@@ -640,15 +659,15 @@ def make_document(seed: int, index: int, max_tokens: int, tokenizer: Any,
     if not 0.0 <= synthetic_fraction <= 1.0:
         raise UserInputError(f"synthetic_fraction must lie in [0, 1], got {synthetic_fraction}")
     weights = family_weights or profile.family_weights
-    unknown = set(weights) - set(FAMILY_WEIGHTS)
+    unknown = set(weights) - set(FAMILIES)
     if unknown:
-        raise UserInputError(f"unknown synthetic families {sorted(unknown)}; known: {', '.join(FAMILY_WEIGHTS)}")
+        raise UserInputError(f"unknown synthetic families {sorted(unknown)}; known: {', '.join(FAMILIES)}")
     count = _Counter(tokenizer)
     rng = document_rng(seed, index)
     if rng.random() >= synthetic_fraction:
         return PretrainDocument(_natural_tail(rng, max_tokens, count), "natural")
     family = _weighted(rng, weights)
-    budget = rng.randint(max(MIN_WINDOW_TOKENS, max_tokens // 4), max_tokens)
+    budget = rng.randint(max(MIN_WINDOW_TOKENS, int(max_tokens * profile.min_budget_fraction)), max_tokens)
     for cap in _CAPS:
         try:
             text, qas = _layout(rng, _make_task(rng, family, min(cap, profile.max_keys), styles), budget, count)
