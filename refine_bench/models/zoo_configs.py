@@ -62,11 +62,15 @@ def deltanet_small_config(**overrides: Any) -> DeltaNetConfig:
 
 
 def lact_small_config(**overrides: Any) -> LaCTConfig:
-    """Small LaCT: 4 layers, hidden 256, chunk and window 128 so short training texts update the fast weights."""
+    """Small LaCT: 4 layers, hidden 256, chunk and window 128 so short training texts update the fast weights.
+
+    The fast weights' base learning rate is 0.1, not the LaCT repo's 1e-3 (sized for 2,048-token chunks of wider
+    heads): at 1e-3 a 128-token chunk moved them by 0.1-0.4 % and the trained model recalled nothing through
+    them (`scripts/probe_far_recall.py`, README, Models); at 0.1, 5 % per chunk at init."""
     kwargs = dict(
         hidden_size=256, num_hidden_layers=4, num_attn_heads=4, num_lact_heads=2, inter_multi=1,
         lact_chunk_size=128, window_size=128, use_muon=False, use_momentum=True, w0_w2_low_rank=16,
-        learnable_ttt_scale=True, rope_theta=1_000_000.0, vocab_size=TINY_VOCAB_SIZE,
+        learnable_ttt_scale=True, rope_theta=1_000_000.0, vocab_size=TINY_VOCAB_SIZE, fast_weight_base_lr=0.1,
         max_position_embeddings=1 << 16, initializer_range=0.02, bos_token_id=1, eos_token_id=2, pad_token_id=2,
     )
     return LaCTConfig(**{**kwargs, **overrides})
