@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from refine_bench.train.checkpoints import checkpoint_step
+
 ASSETS = Path(__file__).resolve().parents[1] / "refine_bench" / "models" / "assets"
 # The recipe per model, as curriculum stages: every pretraining setting is here, so the build is reproducible.
 # Stage 1 starts from the zoo config's seeded random init; each later stage continues from the previous stage's
@@ -70,7 +72,7 @@ def stage_tokens(stages: list[dict[str, object]]) -> int:
         steps = int(stage["steps"])
         after = stages[i + 1] if i + 1 < len(stages) else {}
         if "from" in after:
-            steps = int(str(after["from"]).rsplit("-", 1)[1])
+            steps = checkpoint_step(Path(str(after["from"])))
         total += steps * int(stage["batch-size"]) * int(stage["seq-len"])
     return total
 

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import torch
 
 from refine_bench.models.zoo import load_model, load_tokenizer
-from refine_bench.train.pretrain_corpus import make_key, make_value, natural_documents
+from refine_bench.train.pretrain_corpus import make_value, natural_documents, new_keys
 
 WRITE_GATES = {"lr_proj": "LaCT per-token fast-weight learning rates", "b_proj": "DeltaNet's beta"}
 CLOSED = -40.0  # added before a softplus / sigmoid: the gate is then ~4e-18 instead of its learnt value
@@ -33,10 +33,7 @@ def probe_batch(tokenizer, gap: int, docs: int, rows: int, seed: int) -> tuple[t
     natural = natural_documents()
     sequences, masks = [], []
     for _ in range(docs):
-        keys: list[str] = []
-        while len(keys) < rows:
-            key = make_key(rng, "pseudo")
-            keys += [] if key in keys else [key]
+        keys = new_keys(rng, rows, "pseudo")
         values = [make_value(rng, "digits") for _ in keys]
         text = "\n".join(f"{k}: {v}" for k, v in zip(keys, values, strict=True)) + "\n"
         if gap:
@@ -86,7 +83,8 @@ def main() -> None:
     results = []
     for name in args.models:
         model = load_model(name, dtype=torch.float32, device="cpu")
-        batches = {g: probe_batch(load_tokenizer(name), g, args.docs, args.rows, args.seed) for g in gaps}
+        tokenizer = load_tokenizer(name)
+        batches = {g: probe_batch(tokenizer, g, args.docs, args.rows, args.seed) for g in gaps}
         row = {"model": name, "gaps": gaps, "writes_on": [answer_accuracy(model, *batches[g]) for g in gaps]}
         with fast_weight_writes_closed(model) as closed:
             row["writes_off"] = [answer_accuracy(model, *batches[g]) for g in gaps] if closed else None

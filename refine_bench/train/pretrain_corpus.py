@@ -367,7 +367,8 @@ class _Task:
     facts_first: bool = False  # all facts open the context, the haystack lies between them and the questions
 
 
-def _new_keys(rng: random.Random, n: int, style: str) -> list[str]:
+def new_keys(rng: random.Random, n: int, style: str) -> list[str]:
+    """`n` distinct keys of `style`, drawn in order from `rng`."""
     keys: list[str] = []
     while len(keys) < n:
         key = make_key(rng, style)
@@ -396,7 +397,7 @@ def _lookup_task(rng: random.Random, cap: int, multivalue: bool = False, multiqu
         n_keys = min(rng.randint(2, 6), max(cap, 2))
     else:
         n_keys = min(rng.randint(1, 3) if multivalue else rng.choice((1, 2, 4, 6, 8, 12, 16)), cap)
-    keys = _new_keys(rng, n_keys + 40, key_style)
+    keys = new_keys(rng, n_keys + 40, key_style)
     distractor_keys = iter(keys[n_keys:])
     keys = keys[:n_keys]
     n_values = min(rng.randint(2, 5), max(cap, 2)) if multivalue else 1
@@ -425,7 +426,7 @@ def _table_task(rng: random.Random, cap: int, styles: Styles = DEFAULT_STYLES) -
     key_weights, value_weights = styles
     key_style, value_style = _weighted(rng, key_weights), _weighted(rng, value_weights)
     n = min(rng.randint(8, 32), max(cap, 2))
-    keys = _new_keys(rng, n, key_style)
+    keys = new_keys(rng, n, key_style)
     values = [make_value(rng, value_style) for _ in keys]
     sep = rng.choice((": ", " = ", " -> ", " | "))
     table = "\n".join(f"{k}{sep}{v}" for k, v in zip(keys, values, strict=True))
@@ -468,7 +469,7 @@ def _alias_task(rng: random.Random, cap: int, styles: Styles = DEFAULT_STYLES) -
     key_weights, value_weights = styles
     key_style, value_style = _weighted(rng, key_weights), _weighted(rng, value_weights)
     n = min(rng.randint(1, 3), cap)
-    keys = _new_keys(rng, 2 * n, key_style)
+    keys = new_keys(rng, 2 * n, key_style)
     aliases, entries = keys[:n], keys[n:]
     values = [make_value(rng, value_style) for _ in entries]
     fact = rng.choice(FACTS)
