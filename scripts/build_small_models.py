@@ -36,12 +36,13 @@ ASSETS = Path(__file__).resolve().parents[1] / "refine_bench" / "models" / "asse
 # lr 0.1) and a stage needs them: `corpus-far` puts unrelated text between each table and its questions, farther
 # than its 128-token attention window reaches. Its second stage continues from the drill's step-750 checkpoint
 # (`from`: the path the shipped weights took; the drill's full 1,500 steps then the same far and 512-token stages
-# were measured too, not taken through the 1,024-token stage: README, Models).
+# were measured too, not taken through the 1,024-token stage: README, Models). The drill stops there
+# (`stop-after`): the same weights as step 750 of the full 1,500-step schedule, without its discarded second half.
 _TABLES = {"data": "corpus-tables:0", "steps": 500, "batch-size": 16, "seq-len": 256, "lr": 2e-3, "seed": 0}
 _DENSE = {"data": "corpus-dense:0", "steps": 300, "batch-size": 16, "seq-len": 256, "lr": 2e-3, "seed": 0}
 _DENSE_512 = {"data": "corpus-dense:0", "steps": 400, "batch-size": 16, "seq-len": 512, "lr": 1e-3, "seed": 0}
 _LACT_TABLES = {"data": "corpus-tables:0", "steps": 1500, "batch-size": 16, "seq-len": 256, "lr": 5e-4,
-                "warmup-steps": 100, "seed": 0, "save-every": 250}
+                "warmup-steps": 100, "seed": 0, "save-every": 250, "stop-after": 750}
 _LACT_FAR = {"from": "checkpoints/step-750", "data": "corpus-far:0", "steps": 600, "batch-size": 8, "seq-len": 512,
              "lr": 5e-4, "warmup-steps": 50, "seed": 0}
 _LACT_DENSE_512 = {"data": "corpus-dense:0", "steps": 300, "batch-size": 16, "seq-len": 512, "lr": 5e-4,
@@ -65,11 +66,11 @@ def _stage_command(model: str, stage: dict[str, object], device: str, work_dir: 
 
 
 def stage_tokens(stages: list[dict[str, object]]) -> int:
-    """Tokens the final weights were trained on: a stage that a later one continues from a mid-run checkpoint of
-    (`from: checkpoints/step-N`) counts up to step N only."""
+    """Tokens the final weights were trained on: a stage counts up to its `stop-after`, and one that a later stage
+    continues from a mid-run checkpoint of (`from: checkpoints/step-N`) up to step N only."""
     total = 0
     for i, stage in enumerate(stages):
-        steps = int(stage["steps"])
+        steps = int(stage.get("stop-after", stage["steps"]))
         after = stages[i + 1] if i + 1 < len(stages) else {}
         if "from" in after:
             steps = checkpoint_step(Path(str(after["from"])))
@@ -77,9 +78,31 @@ def stage_tokens(stages: list[dict[str, object]]) -> int:
     return total
 
 
+def kept_checkpoint_steps(stage: dict[str, object]) -> list[int]:
+    """The `checkpoints/step-N` a finished stage leaves on disk: its last step and the latest of its `save-every`
+    steps, `keep-last` in all (the trainer's default 2)."""
+    last = int(stage.get("stop-after", stage["steps"]))
+    every = int(stage.get("save-every", 0))
+    saved = sorted({*range(every, last + 1, every), last} if every else {last})
+    return saved[-int(stage.get("keep-last", 2)):]
+
+
+def check_recipe(model: str) -> None:
+    """Refuse a recipe whose stage continues `from` a checkpoint that the previous stage will have deleted."""
+    stages = RECIPES[model]
+    for i, stage in enumerate(stages[1:], start=1):
+        if "from" in stage:
+            step = checkpoint_step(Path(str(stage["from"])))
+            kept = kept_checkpoint_steps(stages[i - 1])
+            if step not in kept:
+                raise ValueError(f"{model} stage {i + 1} continues from {stage['from']}, but stage {i} keeps only "
+                                 f"steps {kept}: set its stop-after or keep-last")
+
+
 def build(model: str, device: str, work: Path, install: bool = True) -> Path:
     """Pretrain `model` through its recipe's stages; install the last bf16 export as the shipped checkpoint
     (with `install`), else leave it in the work folder. Returns the folder holding the final export."""
+    check_recipe(model)
     start = time.perf_counter()
     source, commands, previous = model, [], work
     for i, stage in enumerate(RECIPES[model]):

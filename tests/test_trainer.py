@@ -85,6 +85,33 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path):
         assert torch.equal(resumed.model.state_dict()[k], v), k
 
 
+def test_stop_after_gives_the_full_schedules_weights_and_resumes_to_its_end(tmp_path):
+    """A run stopped at step 2 of a 4-step cosine schedule holds exactly the full run's step-2 weights (the learning
+    rate follows the 4-step schedule, not a 2-step one), and resuming it without the stop ends where the full run
+    ends."""
+    cosine = dict(arm="sft", phase="pretrain", steps=4, lr_schedule="cosine", warmup_steps=0, lr=1e-2, batch_size=4,
+                  seq_len=SEQ)
+    full = Trainer(make_model(), None, TrainConfig(**cosine, save_every=2, keep_last=3), make_stream(),
+                   output_dir=tmp_path / "full")
+    full.train()
+    stopped = Trainer(make_model(), None, TrainConfig(**cosine, stop_after=2), make_stream(),
+                      output_dir=tmp_path / "stopped")
+    assert stopped.train().name == "step-2" and stopped.step == 2
+    from refine_bench.models.checkpoint import load_state_dict
+
+    at_two = load_state_dict(tmp_path / "full" / "checkpoints" / "step-2")
+    for key, value in load_state_dict(latest_checkpoint(tmp_path / "stopped")).items():
+        assert torch.equal(value, at_two[key]), key
+    short = TrainConfig(**{**cosine, "steps": 2})  # what a 2-step schedule would have given instead
+    assert learning_rate(short, 1) != learning_rate(TrainConfig(**cosine), 1)
+    resumed = Trainer(make_model(seed=5), None, TrainConfig(**cosine), make_stream(), output_dir=tmp_path / "stopped")
+    resumed.resume(latest_checkpoint(tmp_path / "stopped"))
+    resumed.train()
+    for key, value in full.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key
+    assert TrainConfig(**cosine, stop_after=2).identity() == TrainConfig(**cosine).identity()
+
+
 def test_bf16_checkpoint_trains_through_float32_master_weights(tmp_path):
     """One AdamW step at lr 1e-6 changes the same weights whether the model came as bf16 or fp32, and the
     checkpoint holds those changed float32 weights (a bf16 copy would round most of the update away)."""
@@ -133,7 +160,8 @@ def test_bad_settings_are_named():
     for kwargs, message in [({"batch_size": 6, "mini_batch_size": 4}, "not a multiple of mini_batch_size"),
                             ({"arm": "dpo"}, "unknown arm"), ({"lr": -1.0}, "learning rate"),
                             ({"lr": float("nan")}, "learning rate"), ({"steps": 0}, "steps must be"),
-                            ({"precision": "fp8"}, "precision"), ({"seq_len": 30}, "too short for REFINE")]:
+                            ({"precision": "fp8"}, "precision"), ({"stop_after": 101}, "stop_after must be"),
+                            ({"stop_after": 0}, "stop_after must be"), ({"seq_len": 30}, "too short for REFINE")]:
         with pytest.raises(UserInputError, match=message):
             TrainConfig(**kwargs)
     with pytest.raises(UserInputError, match="unknown reward"):

@@ -56,6 +56,19 @@ def test_default_work_folders_differ_by_settings_and_a_finished_run_is_not_redon
     assert len(records(tmp_path / "runs")) == 2  # the finished command wrote nothing
 
 
+def test_stop_after_finishes_at_that_step_and_a_rerun_without_it_goes_on(tmp_path):
+    common = [*TRAIN, "--work-dir", str(tmp_path / "w"), "--runs-dir", str(tmp_path / "runs"), "--steps", "2"]
+    first = cli(*common, "--stop-after", "1", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    again = cli(*common, "--stop-after", "1", cwd=tmp_path)
+    assert again.returncode == 0 and "already finished" in again.stdout and "(step 1)" in again.stdout
+    rest = cli(*common, cwd=tmp_path)
+    assert rest.returncode == 0 and "resumed from" in rest.stdout, rest.stderr
+    assert [p.name for p in list_checkpoints(tmp_path / "w")] == ["step-1", "step-2"]
+    bad = cli(*common, "--stop-after", "3", cwd=tmp_path)
+    assert bad.returncode == 2 and "stop_after must be an integer in [1, steps=2], got 3" in bad.stderr
+
+
 def test_bad_numbers_are_refused_before_training(tmp_path, monkeypatch, capsys):
     from refine_bench.cli import main
 

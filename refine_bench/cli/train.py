@@ -21,6 +21,8 @@ def train_command(
     text_field: opt.TextField = "text",
     data_mode: opt.DataMode = None,
     steps: opt.Steps = None,
+    stop_after: int | None = typer.Option(None, help="Stop after step N of the --steps schedule (the learning rate "
+                                          "follows the whole schedule; rerun without it to go on to --steps)."),
     batch_size: opt.BatchSize = None,
     mini_batch_size: opt.MiniBatch = None,
     seq_len: opt.SeqLen = None,
@@ -60,12 +62,12 @@ def train_command(
         raise UserInputError(f"unknown phase {phase!r} for training; choose from {', '.join(TRAIN_PHASES)} "
                              "(test-time training runs inside `refine-bench eval --ttt-arm`)")
     config = opt.build_config(
-        model, arm, phase, steps=steps, batch_size=batch_size, mini_batch_size=mini_batch_size, seq_len=seq_len,
-        lr=lr, warmup_steps=warmup_steps, num_chunks=num_chunks, rollout_len=rollout_len, num_rollouts=num_rollouts,
-        reward=reward, selection=selection, rollout_mode=rollout_mode, rollout_eos=rollout_eos,
-        smooth_argmax=smooth_argmax, single_rollout_advantage=single_rollout_advantage, answer_eos=answer_eos,
-        data_mode=data_mode, seed=seed, save_every=save_every, keep_last=keep_last, precision=precision,
-        activation_checkpointing=activation_checkpointing, parallel=parallel,
+        model, arm, phase, steps=steps, stop_after=stop_after, batch_size=batch_size, mini_batch_size=mini_batch_size,
+        seq_len=seq_len, lr=lr, warmup_steps=warmup_steps, num_chunks=num_chunks, rollout_len=rollout_len,
+        num_rollouts=num_rollouts, reward=reward, selection=selection, rollout_mode=rollout_mode,
+        rollout_eos=rollout_eos, smooth_argmax=smooth_argmax, single_rollout_advantage=single_rollout_advantage,
+        answer_eos=answer_eos, data_mode=data_mode, seed=seed, save_every=save_every, keep_last=keep_last,
+        precision=precision, activation_checkpointing=activation_checkpointing, parallel=parallel,
         sft_steps_like_refine=sft_steps_like_refine or None)
     request = TrainRequest(model=model, data=data, text_field=text_field, work_dir=work_dir, runs_dir=runs_dir,
                            device=device, resume=resume, force_resume=force_resume, command=sys.argv,
@@ -74,7 +76,7 @@ def train_command(
     if not result.is_main:
         return
     if result.finished_before:
-        typer.echo(f"already finished: {result.checkpoint} (step {config.steps}); nothing to do")
+        typer.echo(f"already finished: {result.checkpoint} (step {config.last_step}); nothing to do")
         return
     if result.resumed_from:
         typer.echo(f"resumed from {result.resumed_from}")

@@ -111,6 +111,9 @@ class TrainConfig:
     arm: str = "refine"
     phase: str = "mid"
     steps: int = 100
+    # stop after this step of the `steps`-step schedule (the learning rate still follows the whole schedule); a
+    # later run without it resumes to `steps`. None: run all `steps`
+    stop_after: int | None = None
     batch_size: int = 128
     mini_batch_size: int | None = None  # None: the preset's PPO mini-batch for REFINE, the whole batch for SFT
     seq_len: int = 16384
@@ -149,6 +152,9 @@ class TrainConfig:
         _choice("precision", self.precision, PRECISIONS)
         _choice("data mode", self.data_mode, DATA_MODES)
         _choice("parallel mode", self.parallel, PARALLEL_MODES)
+        if self.stop_after is not None and (isinstance(self.stop_after, bool) or not isinstance(self.stop_after, int)
+                                            or not 1 <= self.stop_after <= self.steps):
+            raise UserInputError(f"stop_after must be an integer in [1, steps={self.steps}], got {self.stop_after!r}")
         if self.warmup_steps is not None and not 0 <= self.warmup_steps <= self.steps:
             raise UserInputError(f"warmup_steps must be in [0, steps={self.steps}], got {self.warmup_steps}")
         if not 0 <= self.min_lr_ratio <= 1:
@@ -166,6 +172,11 @@ class TrainConfig:
                 f"seq_len {self.seq_len} is too short for REFINE's {self.refine.num_chunks} chunks with a margin "
                 f"of {self.refine.margin} (needs >= {self.refine.min_sequence_length()})"
             )
+
+    @property
+    def last_step(self) -> int:
+        """The step this run trains up to: `stop_after`, else `steps`."""
+        return self.steps if self.stop_after is None else self.stop_after
 
     @property
     def warmup(self) -> int:
@@ -206,7 +217,7 @@ class TrainConfig:
         """The settings that define what is trained: a checkpoint resumes only under the same identity.
         Run length, checkpoint cadence and other bookkeeping are left out (extending `steps` is a resume)."""
         out = self.to_dict()
-        for key in ("save_every", "keep_last", "max_nonfinite_steps", "parallel"):
+        for key in ("stop_after", "save_every", "keep_last", "max_nonfinite_steps", "parallel"):
             out.pop(key)
         if self.lr_schedule == "constant":  # the schedule does not depend on the run's length
             for key in ("steps", "warmup_steps", "min_lr_ratio"):

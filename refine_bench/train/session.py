@@ -200,7 +200,7 @@ def _run_locked(request: TrainRequest, config: TrainConfig, dist: DistContext, i
     if previous is not None:
         differences = _check_resumable(previous, identity, request.force_resume)
         done = int(read_trainer_state(previous)["step"])
-        if done >= config.steps and not differences:
+        if done >= config.last_step and not differences:
             return TrainResult(previous, None, previous, finished_before=True, is_main=dist.is_main)
     torch.manual_seed(config.seed)
     model, tokenizer = _load(request, config, dist.device)
@@ -223,8 +223,8 @@ def _run_locked(request: TrainRequest, config: TrainConfig, dist: DistContext, i
     if previous is not None:
         trainer.resume(previous)
         if dist.is_main:
-            log.warning("resuming from %s (step %d of %d)", previous, trainer.step, config.steps)
-    bar = ProgressBar(config.steps, trainer.step, enabled=request.progress and dist.is_main,
+            log.warning("resuming from %s (step %d of %d)", previous, trainer.step, config.last_step)
+    bar = ProgressBar(config.last_step, trainer.step, enabled=request.progress and dist.is_main,
                       description=f"{config.phase}/{config.arm}")
     sinks = [] if record is None else [record.log_metrics, writer.write]
     trainer.log_fn = step_logger(*sinks, lambda step, metrics: bar.update(metrics))

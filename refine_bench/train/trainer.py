@@ -55,7 +55,8 @@ def plan_step(config: TrainConfig, batch: list[Example]) -> list[PassPlan]:
 
 
 class Trainer:
-    """Runs `config.steps` training steps of one arm on a model, with checkpoints and resume."""
+    """Runs `config.steps` training steps (or up to `config.stop_after`) of one arm on a model, with checkpoints
+    and resume."""
 
     def __init__(self, model: torch.nn.Module, tokenizer, config: TrainConfig, stream, output_dir: Path | None = None,
                  dist: DistContext | None = None, log_fn: Callable[[int, dict[str, Any]], None] | None = None,
@@ -81,8 +82,8 @@ class Trainer:
 
     # training ----------------------------------------------------------------------------------------------
     def train(self) -> Path | None:
-        """Train until `config.steps`; returns the last checkpoint folder (None without an output dir)."""
-        while self.step < self.config.steps:
+        """Train until `config.last_step`; returns the last checkpoint folder (None without an output dir)."""
+        while self.step < self.config.last_step:
             metrics = self.train_step(next(self.stream))
             self.step += 1
             metrics["step"] = self.step
@@ -90,7 +91,7 @@ class Trainer:
                 self.log_fn(self.step, metrics)
             self._track_nonfinite(metrics)
             every = self.config.save_every
-            due = self.step == self.config.steps or (every and self.step % every == 0)
+            due = self.step == self.config.last_step or (every and self.step % every == 0)
             if self.output_dir is not None and due and self.nonfinite_in_a_row == 0:  # never save a bad step
                 self.save_checkpoint()
         self.model.eval()
