@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
 import pytest
 import torch
 
@@ -20,3 +24,12 @@ def small_deltanet_config(**overrides) -> DeltaNetConfig:
 def small_deltanet() -> DeltaNetForCausalLM:
     torch.manual_seed(0)
     return DeltaNetForCausalLM(small_deltanet_config()).eval()
+
+
+def load_script(name: str) -> ModuleType:
+    """A module of the repo's scripts/ folder (not a package), loaded by file name."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

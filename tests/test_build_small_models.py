@@ -1,20 +1,14 @@
 """The small models' build recipes (scripts/build_small_models.py): every stage that continues from a mid-run
 checkpoint finds it on disk, and the tokens recorded are the ones the final weights saw."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "build_small_models.py"
+from tests.conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def build():
-    spec = importlib.util.spec_from_file_location("build_small_models", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("build_small_models")
 
 
 def test_kept_checkpoints_follow_save_every_keep_last_and_stop_after(build):

@@ -1,21 +1,15 @@
 """The far-recall probe (scripts/probe_far_recall.py): closing the fast-weight writes leaves a model nothing but
 its attention window (LaCT) or its short convolution (DeltaNet) to reach earlier tokens."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "probe_far_recall.py"
+from tests.conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def probe():
-    spec = importlib.util.spec_from_file_location("probe_far_recall", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("probe_far_recall")
 
 
 def _tiny(name: str) -> torch.nn.Module:
