@@ -21,9 +21,7 @@ import typer
 from refine_bench.errors import UserInputError
 from refine_bench.protocol import BASE_ARM, NIAH_TASKS
 
-# lact-small is shipped since its far-recall stage (README, Models) but its mini-paper runs (about 3 h on the 2-core
-# CPU) are not made yet; the default stays what results/mini-paper/ holds. `--models` can name it.
-DEFAULT_MODELS = ("deltanet-small",)
+DEFAULT_MODELS = ("deltanet-small", "lact-small")
 
 
 @dataclass(frozen=True)
