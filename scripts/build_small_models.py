@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from refine_bench.train.checkpoints import checkpoint_step
+from refine_bench.train.config import TrainConfig
 
 ASSETS = Path(__file__).resolve().parents[1] / "refine_bench" / "models" / "assets"
 # The recipe per model, as curriculum stages: every pretraining setting is here, so the build is reproducible.
@@ -65,12 +66,17 @@ def _stage_command(model: str, stage: dict[str, object], device: str, work_dir: 
     return command
 
 
+def _last_step(stage: dict[str, object]) -> int:
+    """The step a stage trains up to (`TrainConfig.last_step`): its `stop-after`, else its `steps`."""
+    return int(stage.get("stop-after", stage["steps"]))
+
+
 def stage_tokens(stages: list[dict[str, object]]) -> int:
     """Tokens the final weights were trained on: a stage counts up to its `stop-after`, and one that a later stage
     continues from a mid-run checkpoint of (`from: checkpoints/step-N`) up to step N only."""
     total = 0
     for i, stage in enumerate(stages):
-        steps = int(stage.get("stop-after", stage["steps"]))
+        steps = _last_step(stage)
         after = stages[i + 1] if i + 1 < len(stages) else {}
         if "from" in after:
             steps = checkpoint_step(Path(str(after["from"])))
@@ -80,11 +86,11 @@ def stage_tokens(stages: list[dict[str, object]]) -> int:
 
 def kept_checkpoint_steps(stage: dict[str, object]) -> list[int]:
     """The `checkpoints/step-N` a finished stage leaves on disk: its last step and the latest of its `save-every`
-    steps, `keep-last` in all (the trainer's default 2)."""
-    last = int(stage.get("stop-after", stage["steps"]))
+    steps, `keep-last` in all (else the trainer's default)."""
+    last = _last_step(stage)
     every = int(stage.get("save-every", 0))
     saved = sorted({*range(every, last + 1, every), last} if every else {last})
-    return saved[-int(stage.get("keep-last", 2)):]
+    return saved[-int(stage.get("keep-last", TrainConfig.keep_last)):]
 
 
 def check_recipe(model: str) -> None:
