@@ -242,3 +242,12 @@ def test_window_attention_blocked_padded_and_cached():
     assert small["pos"].tolist() == [[-1, -1, 0, 1]] * 2
     with pytest.raises(ValueError, match="window"):
         window_attention(q, k, v, pos, 0)
+
+
+@pytest.mark.parametrize("window", [7, 64, 100])
+def test_window_attention_default_blocks_match_naive(window):
+    # 300 queries in blocks of max(64, window): block edges fall inside windows, and the last block is partial
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 300, 2, 8, generator=g) for _ in range(3))
+    o, _ = window_attention(q, k, v, torch.arange(300)[None], window)
+    torch.testing.assert_close(o, window_attention_naive(q, k, v, window), atol=1e-5, rtol=1e-5)
