@@ -1,9 +1,14 @@
-"""`refine-bench bench eval`: memory and time of answering one NIAH sample per length with a tiny model.
+"""`refine-bench bench eval`: memory and time of answering one NIAH sample per length with a tiny model, and
+(`--batch-sizes`) the throughput of answering several samples in batches.
 
 Each length runs in a fresh subprocess (so its peak RSS is its own): load the model, build one niah_single_1
 sample of exactly that many tokens (prompt + 32 generated tokens), answer it greedily through the
 `refine-bench` lm-eval model (twice; the faster time is reported), and report the process's peak RSS and the
 seconds spent answering one sample.
+
+The batch figure answers the same NIAH samples (all 128 answer tokens generated, as NIAH's evaluation does when
+the model emits no EOS) at each batch size in one process, and reports seconds per sample, the speedup over
+batch 1 and the share of samples whose generated tokens equal batch 1's.
 """
 
 from __future__ import annotations
@@ -62,6 +67,41 @@ def run_eval_bench(model: str = "deltanet-tiny", lengths: Sequence[int] = BENCH_
     if 2048 in per_length and 16384 in per_length:
         result["peak_rss_ratio_16k_over_2k"] = round(
             per_length[16384]["peak_rss_mib"] / per_length[2048]["peak_rss_mib"], 4)
+    return result
+
+
+def run_batch_bench(model: str = "deltanet-small", length: int = 1024, batch_sizes: Sequence[int] = (1, 8),
+                    samples: int = 8, new_tokens: int = 128, device: str = "cpu") -> dict[str, float]:
+    """Seconds per NIAH sample at each batch size (one process, same samples); needs batch size 1 first."""
+    import torch
+    from lm_eval.api.instance import Instance
+
+    from refine_bench.eval.lm import RefineBenchLM
+    from refine_bench.eval.niah import make_sample
+
+    if not batch_sizes or batch_sizes[0] != 1:
+        raise ValueError(f"batch_sizes must start with 1 (the reference), got {list(batch_sizes)}")
+    result: dict[str, float] = {}
+    reference: list[str] = []
+    for batch in batch_sizes:
+        lm = RefineBenchLM(pretrained=model, device=device, max_length=length, batch_size=batch)
+        requests = []
+        for index in range(samples):  # four tasks in turn: different needles, haystacks and answers
+            task = ("niah_single_1", "niah_single_2", "niah_multikey_1", "niah_multivalue")[index % 4]
+            doc = make_sample(task, length, index, lm.tokenizer, tokens_to_generate=new_tokens)
+            requests.append(Instance(request_type="generate_until", doc=doc, idx=index, arguments=(
+                doc["prompt"], {"until": [], "max_gen_toks": new_tokens, "do_sample": False})))
+        start = time.perf_counter()
+        with torch.no_grad():
+            answers = lm.generate_until(requests, disable_tqdm=True)
+        result[f"seconds_per_sample_batch{batch}"] = round((time.perf_counter() - start) / samples, 4)
+        if batch == 1:
+            reference = answers
+        else:
+            result[f"batch{batch}_speedup_over_batch1"] = round(
+                result["seconds_per_sample_batch1"] / result[f"seconds_per_sample_batch{batch}"], 3)
+            result[f"batch{batch}_same_answers_as_batch1"] = sum(
+                a == b for a, b in zip(answers, reference, strict=True)) / samples
     return result
 
 

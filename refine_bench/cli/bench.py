@@ -7,6 +7,7 @@ import platform
 import typer
 
 from refine_bench.cli.output import print_json_line, print_table
+from refine_bench.errors import UserInputError
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -39,11 +40,30 @@ def kernels_command(
 def eval_bench_command(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on the last line."),
     model: str = typer.Option("deltanet-tiny", help="Zoo name or checkpoint directory."),
+    batch_sizes: str | None = typer.Option(None, help="Instead: seconds per NIAH sample at these batch sizes, "
+                                           "e.g. 1,8 (1 first: the reference), on --samples samples."),
+    length: int = typer.Option(1024, help="NIAH length for --batch-sizes."),
+    samples: int = typer.Option(8, help="NIAH samples for --batch-sizes."),
+    threads: int = typer.Option(0, help="torch threads (0 = torch's default)."),
 ) -> None:
-    """Peak memory and seconds per NIAH sample at 2K-16K (constant-memory inference is the point)."""
-    from refine_bench.bench.eval_bench import run_eval_bench
+    """Peak memory and seconds per NIAH sample at 2K-16K (constant-memory inference is the point), or the
+    throughput of batched answering (--batch-sizes)."""
+    import torch
 
-    _report(run_eval_bench(model=model), json_out)
+    from refine_bench.bench.eval_bench import run_batch_bench, run_eval_bench
+
+    if threads:
+        torch.set_num_threads(threads)
+    if batch_sizes is None:
+        _report(run_eval_bench(model=model), json_out)
+        return
+    try:
+        sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
+    except ValueError as exc:
+        raise UserInputError(f"--batch-sizes must be comma-separated integers, got {batch_sizes!r}") from exc
+    if not sizes or sizes[0] != 1 or min(sizes) < 1:
+        raise UserInputError(f"--batch-sizes must start with 1 (the reference) and be positive, got {batch_sizes!r}")
+    _report(run_batch_bench(model=model, length=length, batch_sizes=sizes, samples=samples), json_out)
 
 
 @app.command("train")
@@ -71,8 +91,6 @@ def train_bench_command(
         results.update(run_memory_bench(device))
     if real:
         if device != "cuda":
-            from refine_bench.errors import UserInputError
-
             raise UserInputError("--real measures the full models on a GPU; this machine has none")
         for model in ("deltanet-1.3b", "lact-760m"):
             results.update(real_step_figures(model))
