@@ -36,7 +36,7 @@ test-all: setup system-deps
 # length table with the differences, and a heatmap in results/plots); run records land in results/runs.
 demo: setup system-deps
 	$(BIN)/refine-bench run --model deltanet-small --arm refine --data corpus-dense:1000 --steps 20 --batch-size 4 \
-		--seq-len 1024 --lr 3e-5 --tasks niah --lengths 1024 --limit 8 --compare-base
+		--seq-len 1024 --lr 3e-5 --tasks niah --lengths 1024 --limit 8 --eval-batch-size 8 --compare-base
 
 lint: setup
 	$(BIN)/ruff check refine_bench tests scripts
