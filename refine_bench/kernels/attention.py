@@ -78,7 +78,7 @@ def window_attention(
     (o [B, T, H, D], the new cache when return_cache else None). Output rows at padding are not meaningful.
 
     Queries go in blocks of max(query_block, window), each against the block + window - 1 keys it can reach:
-    a query scores about twice the window at the default, however long the sequence.
+    a query scores about twice the window (plus the padding) at the default, however long the sequence.
     """
     if not isinstance(window, int) or window < 1:
         raise ValueError(f"window must be a positive integer, got {window!r}")
