@@ -16,7 +16,7 @@ def test_batched_answers_equal_batch_one():
 
 
 @pytest.mark.parametrize("sizes, message", [("4,8", "start with 1"), ("1,x", "comma-separated integers"),
-                                            ("1,0", "positive")])
+                                            ("1,0", "positive"), ("1,8 --samples 0", "--samples")])
 def test_bad_batch_sizes_exit_2(capsys, sizes, message):
-    code, text = run_cli(capsys, "bench", "eval", "--batch-sizes", sizes)
+    code, text = run_cli(capsys, "bench", "eval", "--batch-sizes", *sizes.split())
     assert code == 2 and message in text

@@ -44,7 +44,7 @@ def eval_bench_command(
                                            "e.g. 1,8 (1 first: the reference), on --samples samples."),
     length: int = typer.Option(1024, help="NIAH length for --batch-sizes."),
     samples: int = typer.Option(8, help="NIAH samples for --batch-sizes."),
-    threads: int = typer.Option(0, help="torch threads (0 = torch's default)."),
+    threads: int = typer.Option(0, help="torch threads for --batch-sizes (0 = torch's default)."),
 ) -> None:
     """Peak memory and seconds per NIAH sample at 2K-16K (constant-memory inference is the point), or the
     throughput of batched answering (--batch-sizes)."""
@@ -63,6 +63,8 @@ def eval_bench_command(
         raise UserInputError(f"--batch-sizes must be comma-separated integers, got {batch_sizes!r}") from exc
     if not sizes or sizes[0] != 1 or min(sizes) < 1:
         raise UserInputError(f"--batch-sizes must start with 1 (the reference) and be positive, got {batch_sizes!r}")
+    if samples < 1 or length < 1:
+        raise UserInputError(f"--samples and --length must be positive, got {samples} and {length}")
     _report(run_batch_bench(model=model, length=length, batch_sizes=sizes, samples=samples), json_out)
 
 
