@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from refine_bench.cli.mini_paper import MiniPaperPlan, run_mini_paper
+from tests.report_cli import run_cli
 
 
 def _records(runs: Path) -> dict[str, dict]:
@@ -36,3 +37,9 @@ def test_rerun_trains_and_evaluates_only_what_is_missing(tmp_path: Path, capsys)
     assert {r["config"]["batch_size"] for r in second.values() if r["kind"] == "eval"} == {2}
     assert json.loads((out / "plan.json").read_text())["arms"] == ["base", "sft", "refine"]
     assert (out / "table3.md").is_file()
+
+
+def test_bad_seeds_exit_2(capsys, tmp_path: Path) -> None:
+    code, text = run_cli(capsys, "mini-paper", "--seeds", "0,x", "--out", tmp_path / "mini")
+    assert code == 2 and "--seeds must be comma-separated integers, got '0,x'" in text
+    assert not (tmp_path / "mini").exists()

@@ -76,11 +76,15 @@ def run_batch_bench(model: str = "deltanet-small", length: int = 1024, batch_siz
     import torch
     from lm_eval.api.instance import Instance
 
+    from refine_bench.errors import UserInputError
     from refine_bench.eval.lm import RefineBenchLM
     from refine_bench.eval.niah import make_sample
 
-    if not batch_sizes or batch_sizes[0] != 1:
-        raise ValueError(f"batch_sizes must start with 1 (the reference), got {list(batch_sizes)}")
+    if not batch_sizes or batch_sizes[0] != 1 or min(batch_sizes) < 1:
+        raise UserInputError(f"--batch-sizes must start with 1 (the reference) and be positive, got "
+                             f"{list(batch_sizes)}")
+    if samples < 1 or length < 1:
+        raise UserInputError(f"--samples and --length must be positive, got {samples} and {length}")
     result: dict[str, float] = {}
     reference: list[str] = []
     for batch in batch_sizes:

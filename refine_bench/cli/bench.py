@@ -6,6 +6,7 @@ import platform
 
 import typer
 
+from refine_bench.cli.eval import int_list
 from refine_bench.cli.output import print_json_line, print_table
 from refine_bench.errors import UserInputError
 
@@ -57,14 +58,7 @@ def eval_bench_command(
     if batch_sizes is None:
         _report(run_eval_bench(model=model), json_out)
         return
-    try:
-        sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
-    except ValueError as exc:
-        raise UserInputError(f"--batch-sizes must be comma-separated integers, got {batch_sizes!r}") from exc
-    if not sizes or sizes[0] != 1 or min(sizes) < 1:
-        raise UserInputError(f"--batch-sizes must start with 1 (the reference) and be positive, got {batch_sizes!r}")
-    if samples < 1 or length < 1:
-        raise UserInputError(f"--samples and --length must be positive, got {samples} and {length}")
+    sizes = int_list(batch_sizes, "--batch-sizes") or []
     _report(run_batch_bench(model=model, length=length, batch_sizes=sizes, samples=samples), json_out)
 
 

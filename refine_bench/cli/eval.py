@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 
 
-def _ints(text: str | None) -> list[int] | None:
+def int_list(text: str | None, option: str = "--lengths") -> list[int] | None:
+    """The integers of a comma-separated CLI option (None when it is empty); a UserInputError naming `option`."""
     from refine_bench.errors import UserInputError
 
     if not text:
@@ -15,7 +16,7 @@ def _ints(text: str | None) -> list[int] | None:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError as exc:
-        raise UserInputError(f"--lengths must be comma-separated integers, got {text!r}") from exc
+        raise UserInputError(f"{option} must be comma-separated integers, got {text!r}") from exc
 
 
 def _files(values: list[str]) -> list[str]:
@@ -80,7 +81,7 @@ def eval_command(
     files = _files(longbench_file)
     task_list = tasks or ("" if files else ",".join(TASK_GROUPS))
     path = run_eval(
-        model, [task_list], checkpoint=checkpoint, lengths=_ints(lengths), limit=limit, output=output,
+        model, [task_list], checkpoint=checkpoint, lengths=int_list(lengths), limit=limit, output=output,
         batch_size=batch_size, device=device, dtype=dtype, seed=seed, data_dir=data_dir, include_path=include_path,
         ruler_qa_files=_files(ruler_qa_file), allow_foreign_ruler_file=allow_foreign_ruler_file,
         longbench_files=files, scoring=scoring, niah_length_convention=niah_length_convention,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import typer
 
-from refine_bench.errors import UserInputError
+from refine_bench.cli.eval import int_list
 from refine_bench.protocol import BASE_ARM, NIAH_TASKS
 
 DEFAULT_MODELS = ("deltanet-small", "lact-small")
@@ -115,12 +115,9 @@ def mini_paper_command(
 ) -> None:
     """Base vs SFT vs REFINE mid-training of the small models over seeds, evaluated on NIAH; writes tables."""
     plan = QUICK if quick else MiniPaperPlan()
-    try:
-        if models:
-            plan = replace(plan, models=tuple(m.strip() for m in models.split(",") if m.strip()))
-        if seeds:
-            plan = replace(plan, seeds=tuple(int(s) for s in seeds.split(",") if s.strip()))
-    except ValueError as exc:
-        raise UserInputError(f"--seeds must be comma-separated integers, got {seeds!r}") from exc
+    if models:
+        plan = replace(plan, models=tuple(m.strip() for m in models.split(",") if m.strip()))
+    if seeds:
+        plan = replace(plan, seeds=tuple(int_list(seeds, "--seeds") or ()))
     for path in run_mini_paper(plan, out, device):
         typer.echo(str(path))

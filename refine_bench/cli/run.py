@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from refine_bench.cli import training_options as opt
-from refine_bench.cli.eval import _ints
+from refine_bench.cli.eval import int_list
 from refine_bench.cli.output import print_score_lines
 from refine_bench.errors import UserInputError
 from refine_bench.protocol import BASE_ARM, RUN_ARMS
@@ -70,7 +70,7 @@ def run_command(
         if is_main:
             typer.echo(f"already trained: {result.checkpoint}" if result.finished_before
                        else f"trained {model} with {arm}: {result.record}")
-    common = dict(lengths=_ints(lengths), limit=limit, output=runs_dir, batch_size=eval_batch_size, device=device,
+    common = dict(lengths=int_list(lengths), limit=limit, output=runs_dir, batch_size=eval_batch_size, device=device,
                   seed=seed, command=sys.argv)
     path = run_eval(model, [tasks], checkpoint=str(checkpoint) if checkpoint else None,
                     stages={"mid": None if arm == BASE_ARM else arm}, variant=variant, **common)
