@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 
-def int_list(text: str | None, option: str = "--lengths") -> list[int] | None:
+def int_list(text: str | None, option: str) -> list[int] | None:
     """The integers of a comma-separated CLI option (None when it is empty); a UserInputError naming `option`."""
     from refine_bench.errors import UserInputError
 
@@ -81,7 +81,7 @@ def eval_command(
     files = _files(longbench_file)
     task_list = tasks or ("" if files else ",".join(TASK_GROUPS))
     path = run_eval(
-        model, [task_list], checkpoint=checkpoint, lengths=int_list(lengths), limit=limit, output=output,
+        model, [task_list], checkpoint=checkpoint, lengths=int_list(lengths, "--lengths"), limit=limit, output=output,
         batch_size=batch_size, device=device, dtype=dtype, seed=seed, data_dir=data_dir, include_path=include_path,
         ruler_qa_files=_files(ruler_qa_file), allow_foreign_ruler_file=allow_foreign_ruler_file,
         longbench_files=files, scoring=scoring, niah_length_convention=niah_length_convention,

@@ -70,8 +70,8 @@ def run_command(
         if is_main:
             typer.echo(f"already trained: {result.checkpoint}" if result.finished_before
                        else f"trained {model} with {arm}: {result.record}")
-    common = dict(lengths=int_list(lengths), limit=limit, output=runs_dir, batch_size=eval_batch_size, device=device,
-                  seed=seed, command=sys.argv)
+    common = dict(lengths=int_list(lengths, "--lengths"), limit=limit, output=runs_dir, batch_size=eval_batch_size,
+                  device=device, seed=seed, command=sys.argv)
     path = run_eval(model, [tasks], checkpoint=str(checkpoint) if checkpoint else None,
                     stages={"mid": None if arm == BASE_ARM else arm}, variant=variant, **common)
     if path is None or not is_main:
