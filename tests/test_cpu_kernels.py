@@ -146,12 +146,15 @@ def test_compiled_rows_serve_only_a_few_rows_without_autograd():
     assert RMSNorm(128)(torch.randn(1, 1, 128)).grad_fn is not None
 
 
-def _greedy_logits(model, ids, steps):
+def _greedy_logits(model, ids, steps, per_block=False):
+    """Logits of greedy decoding from the cache; per_block=True asks for hidden states, which only the per-block
+    loop returns, so the compiled whole-stack step stands aside."""
     with torch.no_grad():
         out = model(ids, use_cache=True)
         logits, cache = [out.logits[:, -1]], out.cache
         for _ in range(steps):
-            out = model(logits[-1].argmax(-1, keepdim=True), cache=cache, use_cache=True)
+            out = model(logits[-1].argmax(-1, keepdim=True), cache=cache, use_cache=True,
+                        output_hidden_states=per_block)
             logits.append(out.logits[:, -1])
             cache = out.cache
     return torch.stack(logits, 1)
@@ -159,13 +162,15 @@ def _greedy_logits(model, ids, steps):
 
 @pytest.mark.parametrize("hidden,heads", [(128, 2), (96, 3)])  # head dims 64 (unrolled rows) and 32
 def test_compiled_decode_step_equals_the_torch_token_step(monkeypatch, hidden, heads):
-    """Greedy decoding of a batch through the compiled mixer step, norms and MLP gives the logits of the op-by-op
-    PyTorch step (the compiled kernels switched off)."""
+    """Greedy decoding of a batch through the compiled whole-stack step, and through the per-block compiled mixer
+    step, norms and MLP, gives the logits of the op-by-op PyTorch step (the compiled kernels switched off)."""
     config = DeltaNetConfig(vocab_size=97, hidden_size=hidden, num_hidden_layers=2, num_heads=heads)
     torch.manual_seed(0)
     model = DeltaNetForCausalLM(config).eval()
     ids = torch.randint(0, 97, (2, 20), generator=torch.Generator().manual_seed(1))
-    compiled = _greedy_logits(model, ids, steps=6)
+    stacked = _greedy_logits(model, ids, steps=6)
+    compiled = _greedy_logits(model, ids, steps=6, per_block=True)
+    torch.testing.assert_close(stacked, compiled, atol=2e-5, rtol=1e-5)
     attn, state = model.model.layers[0].attn, {"conv_state": torch.zeros(1), "recurrent_state": torch.zeros(1)}
     with torch.no_grad():
         assert attn._can_decode_compiled(torch.zeros(2, 1, hidden), state)
@@ -176,7 +181,7 @@ def test_compiled_decode_step_equals_the_torch_token_step(monkeypatch, hidden, h
 
 
 def _count_compiled_calls(monkeypatch) -> dict[str, int]:
-    calls = {"mixer": 0, "norm": 0, "mlp": 0}
+    calls = {"stack": 0, "mixer": 0, "norm": 0, "mlp": 0}
 
     def counting(name, fn):
         def wrapped(*args, **kwargs):
@@ -184,23 +189,79 @@ def _count_compiled_calls(monkeypatch) -> dict[str, int]:
             return fn(*args, **kwargs)
         return wrapped
 
+    monkeypatch.setattr(deltanet, "deltanet_decode_stack_cpu", counting("stack", deltanet.deltanet_decode_stack_cpu))
     monkeypatch.setattr(deltanet, "deltanet_decode_step_cpu", counting("mixer", deltanet.deltanet_decode_step_cpu))
     monkeypatch.setattr(layers, "rms_norm_rows_cpu", counting("norm", layers.rms_norm_rows_cpu))
     monkeypatch.setattr(layers, "swiglu_rows_cpu", counting("mlp", layers.swiglu_rows_cpu))
     return calls
 
 
+@pytest.mark.parametrize("per_block", [False, True])
 @pytest.mark.parametrize("backend", ["auto", "cpp", "torch"])
-def test_kernel_backend_torch_keeps_every_decode_op_on_torch(monkeypatch, backend):
-    """`kernel_backend="torch"` turns off the compiled mixer step, norms and MLP alike, read at each call (the
-    bench flips it on a loaded model); `auto` and `cpp` decode through all three."""
+def test_kernel_backend_torch_keeps_every_decode_op_on_torch(monkeypatch, backend, per_block):
+    """`kernel_backend="torch"` turns off the compiled stack step, mixer step, norms and MLP alike, read at each
+    call (the bench flips it on a loaded model); `auto` and `cpp` decode a token through the whole-stack step, or,
+    when the per-block loop runs (hidden states asked for), through the mixer step, norms and MLP."""
     config = DeltaNetConfig(vocab_size=97, hidden_size=128, num_hidden_layers=2, num_heads=2)
     torch.manual_seed(0)
     model = DeltaNetForCausalLM(config).eval()
     ids = torch.randint(0, 97, (1, 12), generator=torch.Generator().manual_seed(1))
     model.config.kernel_backend = backend
     calls = _count_compiled_calls(monkeypatch)
-    _greedy_logits(model, ids, steps=3)
-    # 3 decoded tokens x (2 layers x (mixer step, its 2 norms, MLP) + the final norm); o_norm is inside the step
-    expected = {"mixer": 6, "norm": 15, "mlp": 6} if backend != "torch" else {"mixer": 0, "norm": 0, "mlp": 0}
+    _greedy_logits(model, ids, steps=3, per_block=per_block)
+    # 3 decoded tokens x (2 layers x (mixer step, its 2 norms, MLP) + the final norm); o_norm is inside the step;
+    # the stack step computes all but the final norm
+    if backend == "torch":
+        expected = {"stack": 0, "mixer": 0, "norm": 0, "mlp": 0}
+    elif per_block:
+        expected = {"stack": 0, "mixer": 6, "norm": 15, "mlp": 6}
+    else:
+        expected = {"stack": 3, "mixer": 0, "norm": 3, "mlp": 0}
     assert calls == expected
+
+
+class _ScaledLinear(torch.nn.Linear):
+    """An adapter-like subclass: the compiled steps, which read weights directly, would skip its scaling."""
+
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+def _hooked(model):
+    return model.model.layers[1].mlp_norm.register_forward_hook(lambda mod, args, out: out * 0.5)
+
+
+def _adapted(model):
+    attn = model.model.layers[0].mlp
+    scaled = _ScaledLinear(attn.up_proj.in_features, attn.up_proj.out_features, bias=False)
+    scaled.weight = attn.up_proj.weight
+    attn.up_proj = scaled
+
+
+def _globally_hooked(model):
+    return torch.nn.modules.module.register_module_forward_hook(
+        lambda mod, args, out: out * 0.5 if mod is model.model.layers[0].mlp else None)
+
+
+@pytest.mark.parametrize("change", [_hooked, _adapted, _globally_hooked])
+def test_hooks_and_adapters_turn_the_stack_step_aside(monkeypatch, change):
+    """A forward hook (on a module or global) or an nn.Linear subclass anywhere in the stack sends decoding to the
+    module-by-module path, so what they add is applied: the logits equal the PyTorch path's with the same change,
+    and differ from the unchanged model's."""
+    config = DeltaNetConfig(vocab_size=97, hidden_size=128, num_hidden_layers=2, num_heads=2)
+    torch.manual_seed(0)
+    model = DeltaNetForCausalLM(config).eval()
+    ids = torch.randint(0, 97, (1, 12), generator=torch.Generator().manual_seed(1))
+    plain = _greedy_logits(model, ids, steps=3)
+    handle = change(model)
+    try:
+        calls = _count_compiled_calls(monkeypatch)
+        changed = _greedy_logits(model, ids, steps=3)
+        assert calls["stack"] == 0
+        model.config.kernel_backend = "torch"
+        reference = _greedy_logits(model, ids, steps=3)
+    finally:
+        if handle is not None:
+            handle.remove()
+    torch.testing.assert_close(changed, reference, atol=2e-5, rtol=1e-5)
+    assert (changed - plain).abs().max() > 1e-3

@@ -23,6 +23,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 #include <vector>
 
 namespace {
@@ -429,6 +430,48 @@ at::Tensor swiglu_rows(const at::Tensor& x, const at::Tensor& gate, const at::Te
   return y;
 }
 
+// The tensors of one DeltaNet block in the order `deltanet_decode_stack` reads them, and its norms' eps.
+constexpr size_t kBlockTensors = 14;  // attn_norm, Wq, Wk, Wv, Wb, conv q, k, v, o_norm, Wo, mlp_norm, gate, up, down
+constexpr size_t kBlockNorms = 3;     // attn_norm, o_norm, mlp_norm
+
+// One decoded token through a whole stack of DeltaNet blocks, each x += o_proj(mixer(norm(x))) then
+// x += mlp(norm(x)), in one call: a small model's token is a few hundred microseconds of Python dispatch around a
+// few tens of arithmetic. x [B, hidden] is the residual stream entering the first block; per block, 14 tensors
+// (kBlockTensors), a conv state and a recurrent state as for `deltanet_decode_step`, and 3 norm eps. Returns
+// (x leaving the last block, the new conv states, the new recurrent states).
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> deltanet_decode_stack(
+    const at::Tensor& x, const std::vector<at::Tensor>& weights, const std::vector<at::Tensor>& conv_states,
+    const std::vector<at::Tensor>& states, const std::vector<double>& eps, double scale) {
+  check(x, "x", 2);
+  const size_t L = states.size();
+  TORCH_CHECK(weights.size() == kBlockTensors * L && conv_states.size() == L && eps.size() == kBlockNorms * L,
+              "deltanet_decode_stack needs ", kBlockTensors, " tensors, a conv state, a recurrent state and ",
+              kBlockNorms, " eps per block");
+  const int64_t B = x.size(0), D = x.size(1);
+  auto h = x.clone();
+  std::vector<at::Tensor> new_conv, new_states;
+  std::vector<float> add(D);
+  for (size_t l = 0; l < L; ++l) {
+    const at::Tensor* w = weights.data() + kBlockTensors * l;
+    const double* e = eps.data() + kBlockNorms * l;
+    check(w[9], "o_proj", 2);
+    TORCH_CHECK(w[9].size(0) == D, "o_proj must map back to the hidden size");
+    auto mixed = deltanet_decode_step(rms_norm_rows(h, w[0], e[0]), w[1], w[2], w[3], w[4], w[5], w[6], w[7],
+                                      conv_states[l], states[l], w[8], e[1], scale);
+    const int64_t Vd = mixed[0].size(1);
+    TORCH_CHECK(w[9].size(1) == Vd, "o_proj must take the mixer's value_dim");
+    float* hp = h.data_ptr<float>();
+    for (int64_t b = 0; b < B; ++b) {
+      matvec(w[9].data_ptr<float>(), mixed[0].data_ptr<float>() + b * Vd, D, Vd, add.data());
+      for (int64_t j = 0; j < D; ++j) hp[b * D + j] += add[j];
+    }
+    h.add_(swiglu_rows(rms_norm_rows(h, w[10], e[2]), w[11], w[12], w[13]));
+    new_conv.push_back(mixed[1]);
+    new_states.push_back(mixed[2]);
+  }
+  return {h, new_conv, new_states};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // a sequence takes milliseconds: let other Python threads (data loading, logging) run meanwhile
   m.def("forward", &delta_rule_forward, "fused delta rule forward (CPU, float32)",
@@ -438,4 +481,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("swiglu_rows", &swiglu_rows, "SwiGLU MLP of a few float32 rows (CPU)");
   m.def("rms_norm_rows", &rms_norm_rows, "RMSNorm over the last dim of a few float32 rows (CPU)");
   m.def("deltanet_decode_step", &deltanet_decode_step, "one decoded token of DeltaNet's mixer (CPU, float32)");
+  m.def("deltanet_decode_stack", &deltanet_decode_stack, "one decoded token of a DeltaNet block stack (CPU, float32)");
 }

@@ -5,8 +5,9 @@ builder (as fla's Triton kernels are compiled on first use on a GPU):
   cache and makes one pass over it per token, forward and backward (an autograd Function), so a training step
   costs the recurrent form's flops (plus one undo per token backward) instead of the 2.9x that the chunked WY
   form executes. Same results as `delta_rule_recurrent` within float32 rounding; same signature;
-- the decode step, where per-operation overhead is the cost: `deltanet_decode_step_cpu` (DeltaNet's token
-  mixer up to o_proj), `rms_norm_rows_cpu` and `swiglu_rows_cpu` (no autograd).
+- the decode step, where per-operation overhead is the cost: `deltanet_decode_stack_cpu` (a whole stack of
+  DeltaNet blocks), `deltanet_decode_step_cpu` (DeltaNet's token mixer up to o_proj), `rms_norm_rows_cpu` and
+  `swiglu_rows_cpu` (no autograd).
 
 The build needs a C++ compiler with OpenMP (gcc on Linux). `cpu_kernel_available()` says whether it worked;
 when it did not, the reason is logged once and callers take their PyTorch paths.
@@ -169,6 +170,25 @@ def deltanet_decode_step_cpu(
     return tuple(load_cpu_kernel().deltanet_decode_step(
         x.contiguous(), *projections, *convolutions, conv_state.contiguous(), state.contiguous(), norm_weight,
         norm_eps, scale))
+
+
+def deltanet_decode_stack_cpu(
+    x: torch.Tensor,
+    block_tensors: list[torch.Tensor],
+    conv_states: list[torch.Tensor],
+    states: list[torch.Tensor],
+    norm_eps: list[float],
+    scale: float,
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """One decoded token through a whole stack of DeltaNet blocks in one compiled call (float32 CPU tensors, no
+    autograd): per block x += o_proj(mixer(attn_norm(x))), then x += mlp(mlp_norm(x)). x [B, hidden] is the
+    residual stream entering the first block; `block_tensors` holds 14 per block, in the order attn_norm, Wq, Wk,
+    Wv, Wb, the q, k, v convolutions, o_norm, Wo, mlp_norm, gate, up, down; `norm_eps` 3 per block (attn_norm,
+    o_norm, mlp_norm); the states as for `deltanet_decode_step_cpu`, one per block. Returns (x leaving the last
+    block, new conv states, new recurrent states)."""
+    return load_cpu_kernel().deltanet_decode_stack(
+        x.contiguous(), block_tensors, [c.contiguous() for c in conv_states], [s.contiguous() for s in states],
+        norm_eps, scale)
 
 
 def rms_norm_rows_cpu(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

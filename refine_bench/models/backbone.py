@@ -6,7 +6,10 @@ A model supplies only its token mixer class, an nn.Module with
   - `context(config, x, attention_mask, cache)` (classmethod): the per-forward facts all layers share (the
     padding mask, positions, a chunk plan, ...), computed once;
   - `forward(x, ctx, state) -> (out, new_state)`: state is the layer's cache entry (None on a fresh start);
-    new_state is the entry after these tokens (it may be None when `ctx` says no cache is kept).
+    new_state is the entry after these tokens (it may be None when `ctx` says no cache is kept);
+  - optionally `decode_stack(config, blocks, x, ctx, states) -> (x, new_states) | None` (classmethod): every block
+    at once for a step without autograd that continues a cache (a decoded token), computing what the blocks'
+    loop computes, or None where it cannot serve (then the loop runs).
 Key names follow fla: `layers.N.attn_norm`, `layers.N.attn`, `layers.N.mlp_norm`, `layers.N.mlp`.
 """
 
@@ -72,6 +75,15 @@ class FastWeightBackbone(nn.Module):
         # checkpointing takes the nested cache entries as they are and keeps gradients exact, also those that
         # reach a block's input state through a snapshot branched off it (REFINE's rollouts).
         recompute = self.gradient_checkpointing and torch.is_grad_enabled()
+        decode_stack = getattr(self.mixer_class, "decode_stack", None)
+        if cache is not None and not output_hidden_states and not recompute and decode_stack is not None:
+            stepped = decode_stack(self.config, self.layers, x, ctx, cache.layers)
+            if stepped is not None:
+                x, new_states = stepped
+                for i, new_state in enumerate(new_states):
+                    cache.update(i, new_state)
+                cache.seen_tokens += x.shape[1]
+                return self.norm(x), None, cache
         all_hidden = [x] if output_hidden_states else None
         for i, layer in enumerate(self.layers):
             state = cache[i] if cache is not None else None

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.modules import module as torch_module
 from transformers import GenerationMixin
 
 from refine_bench.errors import UserInputError
@@ -20,13 +21,15 @@ from refine_bench.kernels import (
     compiled_cpu_applies,
     delta_rule,
     delta_rule_step,
+    deltanet_decode_stack_cpu,
     deltanet_decode_step_cpu,
     resolve_backend,
 )
+from refine_bench.models.backbone import FastWeightBlock
 from refine_bench.models.base import FastWeightPreTrainedModel
 from refine_bench.models.cache import FastWeightCache
 from refine_bench.models.config import FastWeightConfig
-from refine_bench.models.layers import RMSNorm, l2_normalize, plain_linears
+from refine_bench.models.layers import RMSNorm, SwiGLUMLP, l2_normalize, plain_linears
 
 # Sequences up to this length take the token recurrence, longer ones the chunked kernel.
 RECURRENT_MAX_LEN = 16
@@ -153,6 +156,33 @@ class DeltaNetAttention(nn.Module):
         new_state = {"recurrent_state": recurrent_state, "conv_state": conv_state}
         return self.o_proj(o), new_state
 
+    @classmethod
+    def decode_stack(cls, config: DeltaNetConfig, blocks: nn.ModuleList, x: torch.Tensor, ctx: torch.Tensor | None,
+                     states: list[dict | None]) -> tuple[torch.Tensor, list[dict]] | None:
+        """A decoded token through every block in one compiled call (`deltanet_decode_stack_cpu`): float32 CPU
+        decoding without autograd or padding, when the backend allows the compiled CPU kernels and every block is
+        the plain DeltaNet block without hooks; else None (the per-block path serves)."""
+        if (ctx is not None or x.shape[1] != 1 or torch.is_grad_enabled() or x.device.type != "cpu"
+                or x.dtype != torch.float32 or torch_module._global_forward_hooks
+                or torch_module._global_forward_pre_hooks or not config.allows_compiled_cpu_kernels):
+            return None
+        tensors, eps, conv_states, recurrent_states = [], [], [], []
+        for block, state in zip(blocks, states, strict=True):
+            plain = _plain_block_tensors(block) if state is not None else None
+            if plain is None:
+                return None
+            tensors += plain[0]
+            eps += plain[1]
+            conv_states.append(state["conv_state"])
+            recurrent_states.append(state["recurrent_state"])
+        if not compiled_cpu_applies(*tensors, *conv_states, *recurrent_states):
+            return None
+        scale = blocks[0]._modules["attn"].head_k_dim ** -0.5
+        out, conv_states, recurrent_states = deltanet_decode_stack_cpu(x[:, 0], tensors, conv_states,
+                                                                       recurrent_states, eps, scale)
+        return out[:, None], [{"recurrent_state": r, "conv_state": c}
+                              for r, c in zip(recurrent_states, conv_states, strict=True)]
+
     def _can_decode_fused(self, x: torch.Tensor) -> bool:
         """The fused token step reads the projection weights directly: only for plain, unhooked nn.Linear
         projections (an adapter or a hook wrapping them takes the general path), off fla."""
@@ -193,6 +223,34 @@ class DeltaNetAttention(nn.Module):
                                              self.head_k_dim**-0.5)
         o = self.o_norm(o.to(dtype)).reshape(B, 1, self.value_dim)
         return self.o_proj(o), {"recurrent_state": recurrent_state, "conv_state": window[..., 1:]}
+
+
+def _unhooked(*modules: nn.Module) -> bool:
+    return not any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
+def _plain_block_tensors(block: nn.Module) -> tuple[list[torch.Tensor], list[float]] | None:
+    """A DeltaNet block's tensors and norm eps in `deltanet_decode_stack_cpu`'s order, or None when anything in it
+    is not the plain module the compiled stack computes (an adapter, a hook, a bias, another class)."""
+    # `_modules` / `_parameters` directly: nn.Module.__getattr__ would cost more than the arithmetic here
+    if type(block) is not FastWeightBlock:
+        return None
+    parts = block._modules
+    attn_norm, attn, mlp_norm, mlp = parts["attn_norm"], parts["attn"], parts["mlp_norm"], parts["mlp"]
+    if not (type(attn_norm) is RMSNorm and type(mlp_norm) is RMSNorm and type(attn) is DeltaNetAttention
+            and type(mlp) is SwiGLUMLP):
+        return None
+    a, m = attn._modules, mlp._modules
+    linears = (a["q_proj"], a["k_proj"], a["v_proj"], a["b_proj"], a["o_proj"], m["gate_proj"], m["up_proj"],
+               m["down_proj"])
+    convs, o_norm = (a["q_conv1d"], a["k_conv1d"], a["v_conv1d"]), a["o_norm"]
+    if (not plain_linears(*linears) or any(lin._parameters["bias"] is not None for lin in linears)
+            or type(o_norm) is not RMSNorm or not all(type(c) is ShortConv for c in convs)
+            or not _unhooked(block, attn_norm, attn, mlp_norm, mlp, o_norm, *convs)):
+        return None
+    weight = [mod._parameters["weight"] for mod in (attn_norm, *linears[:4], *convs, o_norm, linears[4], mlp_norm,
+                                                    *linears[5:])]
+    return weight, [attn_norm.eps, o_norm.eps, mlp_norm.eps]
 
 
 class DeltaNetForCausalLM(FastWeightPreTrainedModel, GenerationMixin):
