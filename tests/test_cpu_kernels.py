@@ -160,11 +160,13 @@ def _greedy_logits(model, ids, steps, per_block=False):
     return torch.stack(logits, 1)
 
 
-@pytest.mark.parametrize("hidden,heads", [(128, 2), (96, 3)])  # head dims 64 (unrolled rows) and 32
-def test_compiled_decode_step_equals_the_torch_token_step(monkeypatch, hidden, heads):
+# head dims 64 (unrolled rows) and 32; value heads twice the key heads (o_proj not square)
+@pytest.mark.parametrize("hidden,heads,expand_v", [(128, 2, 1.0), (96, 3, 1.0), (64, 2, 2.0)])
+def test_compiled_decode_step_equals_the_torch_token_step(monkeypatch, hidden, heads, expand_v):
     """Greedy decoding of a batch through the compiled whole-stack step, and through the per-block compiled mixer
     step, norms and MLP, gives the logits of the op-by-op PyTorch step (the compiled kernels switched off)."""
-    config = DeltaNetConfig(vocab_size=97, hidden_size=hidden, num_hidden_layers=2, num_heads=heads)
+    config = DeltaNetConfig(vocab_size=97, hidden_size=hidden, num_hidden_layers=2, num_heads=heads,
+                            expand_v=expand_v)
     torch.manual_seed(0)
     model = DeltaNetForCausalLM(config).eval()
     ids = torch.randint(0, 97, (2, 20), generator=torch.Generator().manual_seed(1))
