@@ -267,3 +267,16 @@ def test_hooks_and_adapters_turn_the_stack_step_aside(monkeypatch, change):
             handle.remove()
     torch.testing.assert_close(changed, reference, atol=2e-5, rtol=1e-5)
     assert (changed - plain).abs().max() > 1e-3
+
+
+def test_a_batch_of_more_than_a_few_rows_decodes_block_by_block(monkeypatch):
+    """Up to COMPILED_MAX_ROWS rows take the whole-stack step; a larger batch (REFINE's rollouts) the per-block
+    path, whose projections and MLP are torch's matmuls."""
+    config = DeltaNetConfig(vocab_size=97, hidden_size=128, num_hidden_layers=2, num_heads=2)
+    torch.manual_seed(0)
+    model = DeltaNetForCausalLM(config).eval()
+    for rows, stack_calls in ((layers.COMPILED_MAX_ROWS, 2), (layers.COMPILED_MAX_ROWS + 1, 0)):
+        ids = torch.randint(0, 97, (rows, 12), generator=torch.Generator().manual_seed(1))
+        calls = _count_compiled_calls(monkeypatch)
+        _greedy_logits(model, ids, steps=2)
+        assert calls["stack"] == stack_calls

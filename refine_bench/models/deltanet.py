@@ -29,7 +29,7 @@ from refine_bench.models.backbone import FastWeightBlock
 from refine_bench.models.base import FastWeightPreTrainedModel
 from refine_bench.models.cache import FastWeightCache
 from refine_bench.models.config import FastWeightConfig
-from refine_bench.models.layers import RMSNorm, SwiGLUMLP, l2_normalize, plain_linears
+from refine_bench.models.layers import COMPILED_MAX_ROWS, RMSNorm, SwiGLUMLP, l2_normalize, plain_linears
 
 # Sequences up to this length take the token recurrence, longer ones the chunked kernel.
 RECURRENT_MAX_LEN = 16
@@ -160,10 +160,13 @@ class DeltaNetAttention(nn.Module):
     def decode_stack(cls, config: DeltaNetConfig, blocks: nn.ModuleList, x: torch.Tensor, ctx: torch.Tensor | None,
                      states: list[dict | None]) -> tuple[torch.Tensor, list[dict]] | None:
         """A decoded token through every block in one compiled call (`deltanet_decode_stack_cpu`): float32 CPU
-        decoding without autograd or padding, when the backend allows the compiled CPU kernels and every block is
-        the plain DeltaNet block without hooks; else None (the per-block path serves)."""
-        if (ctx is not None or x.shape[1] != 1 or torch.is_grad_enabled() or x.device.type != "cpu"
-                or x.dtype != torch.float32 or torch_module._global_forward_hooks
+        decoding of up to COMPILED_MAX_ROWS rows without autograd or padding, when the backend allows the compiled
+        CPU kernels and every block is the plain DeltaNet block without hooks; else None (the per-block path
+        serves)."""
+        # more rows (a batch of rollouts) are a matmul's job: the compiled stack computes row by row, 2x slower
+        # than the per-block path at 32 rows of deltanet-small
+        if (ctx is not None or x.shape[1] != 1 or x.shape[0] > COMPILED_MAX_ROWS or torch.is_grad_enabled()
+                or x.device.type != "cpu" or x.dtype != torch.float32 or torch_module._global_forward_hooks
                 or torch_module._global_forward_pre_hooks or not config.allows_compiled_cpu_kernels):
             return None
         tensors, eps, conv_states, recurrent_states = [], [], [], []
