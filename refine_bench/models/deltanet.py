@@ -29,7 +29,14 @@ from refine_bench.models.backbone import FastWeightBlock
 from refine_bench.models.base import FastWeightPreTrainedModel
 from refine_bench.models.cache import FastWeightCache
 from refine_bench.models.config import FastWeightConfig
-from refine_bench.models.layers import COMPILED_MAX_ROWS, RMSNorm, SwiGLUMLP, l2_normalize, plain_linears
+from refine_bench.models.layers import (
+    COMPILED_MAX_ROWS,
+    RMSNorm,
+    SwiGLUMLP,
+    l2_normalize,
+    plain_linears,
+    unhooked,
+)
 
 # Sequences up to this length take the token recurrence, longer ones the chunked kernel.
 RECURRENT_MAX_LEN = 16
@@ -228,10 +235,6 @@ class DeltaNetAttention(nn.Module):
         return self.o_proj(o), {"recurrent_state": recurrent_state, "conv_state": window[..., 1:]}
 
 
-def _unhooked(*modules: nn.Module) -> bool:
-    return not any(m._forward_hooks or m._forward_pre_hooks for m in modules)
-
-
 def _plain_block_tensors(block: nn.Module) -> tuple[list[torch.Tensor], list[float]] | None:
     """A DeltaNet block's tensors and norm eps in `deltanet_decode_stack_cpu`'s order, or None when anything in it
     is not the plain module the compiled stack computes (an adapter, a hook, a bias, another class)."""
@@ -249,7 +252,7 @@ def _plain_block_tensors(block: nn.Module) -> tuple[list[torch.Tensor], list[flo
     convs, o_norm = (a["q_conv1d"], a["k_conv1d"], a["v_conv1d"]), a["o_norm"]
     if (not plain_linears(*linears) or any(lin._parameters["bias"] is not None for lin in linears)
             or type(o_norm) is not RMSNorm or not all(type(c) is ShortConv for c in convs)
-            or not _unhooked(block, attn_norm, attn, mlp_norm, mlp, o_norm, *convs)):
+            or not unhooked(block, attn_norm, attn, mlp_norm, mlp, o_norm, *convs)):
         return None
     weight = [mod._parameters["weight"] for mod in (attn_norm, *linears[:4], *convs, o_norm, linears[4], mlp_norm,
                                                     *linears[5:])]

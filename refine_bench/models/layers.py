@@ -22,10 +22,16 @@ class KernelChoice(Protocol):
     def allows_compiled_cpu_kernels(self) -> bool: ...
 
 
+def unhooked(*modules: nn.Module) -> bool:
+    """Whether no module has a forward hook or pre-hook of its own: compiled code that computes a module without
+    calling it would skip what the hook does."""
+    return not any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
 def plain_linears(*modules: nn.Module) -> bool:
     """Whether every module is a bare nn.Linear without forward hooks: code that reads the weights directly
     (a fused decode step) would skip what an adapter subclass or a hook adds."""
-    return all(type(m) is nn.Linear and not m._forward_hooks and not m._forward_pre_hooks for m in modules)
+    return all(type(m) is nn.Linear for m in modules) and unhooked(*modules)
 
 
 def _compiled_rows(x: torch.Tensor, *weights: torch.Tensor, kernels: KernelChoice | None = None) -> bool:
