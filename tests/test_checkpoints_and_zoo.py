@@ -255,3 +255,35 @@ def test_checkpoint_root_in_a_hub_snapshot(tmp_path):
         checkpoint_root(tmp_path, "x/y")
     (tmp_path / "config.json").write_text("{}")
     assert checkpoint_root(tmp_path, "x/y") == tmp_path
+
+
+# weight hashes
+
+
+def test_weights_sha256_is_the_file_hash_or_a_hash_of_the_shard_lines(tmp_path):
+    import hashlib
+
+    from refine_bench.models.checkpoint import weights_sha256
+
+    assert weights_sha256(tmp_path) is None
+    (tmp_path / "model.safetensors").write_bytes(b"abc")
+    sha_abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"  # SHA-256 of b"abc"
+    assert weights_sha256(tmp_path) == sha_abc
+    (tmp_path / "model.safetensors").rename(tmp_path / "model-00002-of-00002.safetensors")
+    (tmp_path / "model-00001-of-00002.safetensors").write_bytes(b"")
+    sha_empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    lines = f"model-00001-of-00002.safetensors {sha_empty}\nmodel-00002-of-00002.safetensors {sha_abc}\n"
+    assert weights_sha256(tmp_path) == hashlib.sha256(lines.encode()).hexdigest()
+
+
+def test_model_weights_sha256_of_names_and_folders(tmp_path):
+    import hashlib
+
+    assert zoo.model_weights_sha256("deltanet-tiny") is None  # a seeded init: the seed identifies it
+    save_checkpoint(load_model("deltanet-tiny", seed=3), load_tiny_tokenizer(), tmp_path)
+    expected = hashlib.sha256((tmp_path / "model.safetensors").read_bytes()).hexdigest()
+    assert zoo.model_weights_sha256(tmp_path) == zoo.model_weights_sha256(str(tmp_path)) == expected
+    entry = MODELS["deltanet-small"]
+    if not zoo.missing_shipped_files(entry):
+        shipped = (zoo.shipped_dir(entry) / "model.safetensors").read_bytes()
+        assert zoo.model_weights_sha256("deltanet-small") == hashlib.sha256(shipped).hexdigest()

@@ -45,6 +45,25 @@ def test_resume_refuses_other_settings_and_force_resume_is_recorded(tmp_path):
     assert state["step"] == 2 and state["config"]["lr"] == 1e-3
 
 
+def test_a_finished_run_is_not_taken_for_one_from_new_weights_in_the_same_folder(tmp_path):
+    import hashlib
+
+    from refine_bench.models.tokenizer import load_tiny_tokenizer
+    from refine_bench.models.zoo import load_model, save_checkpoint
+
+    model_dir = tmp_path / "base"
+    save_checkpoint(load_model("deltanet-tiny", seed=1), load_tiny_tokenizer(), model_dir)
+    old_sha = hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()
+    common = [TRAIN[0], "--model", str(model_dir), *TRAIN[3:], "--steps", "1", "--work-dir", str(tmp_path / "w"),
+              "--runs-dir", str(tmp_path / "runs")]
+    assert cli(*common, cwd=tmp_path).returncode == 0
+    assert records(tmp_path / "runs")[-1]["config"]["model_weights_sha256"] == old_sha
+    save_checkpoint(load_model("deltanet-tiny", seed=2), load_tiny_tokenizer(), model_dir)
+    new_sha = hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()
+    again = cli(*common, cwd=tmp_path)
+    assert again.returncode == 2 and f"model_weights_sha256: '{old_sha}' -> '{new_sha}'" in again.stderr
+
+
 def test_default_work_folders_differ_by_settings_and_a_finished_run_is_not_redone(tmp_path):
     runs = ["--runs-dir", str(tmp_path / "runs"), "--steps", "1"]
     assert cli(*TRAIN, *runs, cwd=tmp_path).returncode == 0

@@ -5,7 +5,9 @@ several seeds, and the untrained base model, each evaluated on the 8 NIAH tasks 
 NIAH samples (the base model once: nothing about it depends on a seed); then
 Table 3's layout with 95% intervals over seeds, paired REFINE - SFT tests and plots (`refine-bench tables
 --mini-paper`). Everything lands under one folder; an interrupted run resumes (finished trainings and
-evaluations are not redone).
+evaluations are not redone). Every record carries the SHA-256 of the weights its model started from: records of
+a model's earlier weights (a rebuilt `deltanet-small`, say) never count as done, and are moved to
+`other-weights/` so that no table mixes two versions of a model.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from refine_bench.cli.eval import int_list
 from refine_bench.protocol import BASE_ARM, NIAH_TASKS
 
 DEFAULT_MODELS = ("deltanet-small", "lact-small")
+SET_ASIDE_DIR = "other-weights"  # inside the output folder: records of earlier weights of a model
 
 
 @dataclass(frozen=True)
@@ -55,19 +58,38 @@ QUICK = MiniPaperPlan(seeds=(0, 1), steps=3, batch_size=4, seq_len=512, lengths=
                       tasks=("niah_single_1", "niah_multikey_1", "niah_multivalue", "niah_multiquery"))
 
 
-def _finished_eval(runs_dir: Path, model: str, arm: str, seed: int) -> Path | None:
-    """An ok evaluation record of this (model, mid-training arm, seed), if one exists."""
+def _records(runs_dir: Path) -> list[tuple[Path, dict]]:
+    """(folder, run.json) of every run record in `runs_dir`, in name order."""
     if not runs_dir.is_dir():
-        return None
-    for folder in sorted(runs_dir.iterdir()):
-        meta_file = folder / "run.json"
-        if folder.name.startswith(".") or not meta_file.is_file():
-            continue
-        meta = json.loads(meta_file.read_text())
-        if (meta.get("kind"), meta.get("status"), meta.get("model"), meta.get("arm"),
-                meta.get("seeds", {}).get("seed")) == ("eval", "ok", model, arm, seed):
+        return []
+    return [(folder, json.loads((folder / "run.json").read_text())) for folder in sorted(runs_dir.iterdir())
+            if not folder.name.startswith(".") and (folder / "run.json").is_file()]
+
+
+def _weights_of(meta: dict) -> str | None:
+    config = meta.get("config")
+    return config.get("model_weights_sha256") if isinstance(config, dict) else None
+
+
+def _finished_eval(runs_dir: Path, model: str, arm: str, seed: int, weights: str | None) -> Path | None:
+    """An ok evaluation record of this (model, mid-training arm, seed) made from these starting weights."""
+    for folder, meta in _records(runs_dir):
+        if (meta.get("kind"), meta.get("status"), meta.get("model"), meta.get("arm"), meta.get("seeds", {}).get("seed"),
+                _weights_of(meta)) == ("eval", "ok", model, arm, seed, weights):
             return folder
     return None
+
+
+def set_aside_other_weights(runs_dir: Path, weights: dict[str, str | None], aside_dir: Path) -> list[Path]:
+    """Move the records of `weights`' models that were made from other weights (or that predate weight hashes)
+    out of `runs_dir` into `aside_dir`, so the tables never mix two versions of a model; returns their new paths."""
+    moved = []
+    for folder, meta in _records(runs_dir):
+        model = meta.get("model")
+        if model in weights and _weights_of(meta) != weights[model]:
+            aside_dir.mkdir(parents=True, exist_ok=True)
+            moved.append(folder.rename(aside_dir / folder.name))
+    return moved
 
 
 def run_mini_paper(plan: MiniPaperPlan, out_dir: Path, device: str = "auto") -> list[Path]:
@@ -75,11 +97,15 @@ def run_mini_paper(plan: MiniPaperPlan, out_dir: Path, device: str = "auto") -> 
     from refine_bench.cli.training_options import build_config
     from refine_bench.eval.runner import run_eval
     from refine_bench.fileio import atomic_write_json
+    from refine_bench.models.zoo import model_weights_sha256
     from refine_bench.report.build import build_mini_paper
     from refine_bench.train.session import TrainRequest, run_training
 
     runs_dir, work_root = out_dir / "runs", out_dir / "work"
-    atomic_write_json(out_dir / "plan.json", {**asdict(plan), "command": sys.argv,
+    weights = {model: model_weights_sha256(model) for model in plan.models}
+    for path in set_aside_other_weights(runs_dir, weights, out_dir / SET_ASIDE_DIR):
+        typer.echo(f"set aside, made from other weights than the model's current ones: {path}")
+    atomic_write_json(out_dir / "plan.json", {**asdict(plan), "command": sys.argv, "model_weights_sha256": weights,
                                               "tokens_per_training_run": plan.tokens_per_run})
     started = time.perf_counter()
     for model in plan.models:
@@ -87,16 +113,17 @@ def run_mini_paper(plan: MiniPaperPlan, out_dir: Path, device: str = "auto") -> 
             for arm in plan.arms:
                 if arm == BASE_ARM and seed != plan.seeds[0]:
                     continue
-                if _finished_eval(runs_dir, model, arm, seed):
+                if _finished_eval(runs_dir, model, arm, seed, weights[model]):
                     typer.echo(f"done already: {model} {arm} seed {seed}")
                     continue
                 checkpoint = None
                 if arm != BASE_ARM:
                     config = build_config(model, arm, "mid", steps=plan.steps, batch_size=plan.batch_size,
                                           seq_len=plan.seq_len, lr=plan.lr, seed=seed)
+                    # a folder per starting weights: a finished training of other weights is never picked up
+                    work_dir = work_root / f"{model}-{arm}-seed{seed}-{(weights[model] or 'init')[:12]}"
                     request = TrainRequest(model=model, data=plan.data, runs_dir=runs_dir, device=device,
-                                           work_dir=work_root / f"{model}-{arm}-seed{seed}", command=sys.argv,
-                                           report_to="none", progress=False)
+                                           work_dir=work_dir, command=sys.argv, report_to="none", progress=False)
                     checkpoint = str(run_training(request, config).checkpoint)
                 run_eval(model, [",".join(plan.tasks)], checkpoint=checkpoint, lengths=list(plan.lengths),
                          limit=plan.limit, batch_size=plan.eval_batch_size, output=runs_dir, device=device, seed=seed,

@@ -47,12 +47,23 @@ def build_lm(request: EvalRequest, plan: EvalPlan) -> Any:
     return RefineBenchLM(**kwargs)
 
 
-def answer_identity(request: EvalRequest, lm: Any) -> dict[str, Any]:
+def weights_hashes(request: EvalRequest) -> dict[str, str | None]:
+    """The SHA-256 of the weights `--model` and `--checkpoint` name (None: a seeded random init, no checkpoint, or
+    a model object passed in by the caller, whose name need not resolve)."""
+    from refine_bench.models.zoo import model_weights_sha256
+
+    if request.lm is not None:
+        return {"model_weights_sha256": None, "checkpoint_weights_sha256": None}
+    return {"model_weights_sha256": model_weights_sha256(request.model),
+            "checkpoint_weights_sha256": model_weights_sha256(request.checkpoint) if request.checkpoint else None}
+
+
+def answer_identity(request: EvalRequest, lm: Any, weights: dict[str, str | None]) -> dict[str, Any]:
     """Everything besides the request itself that decides an answer (see `answer_cache`)."""
     from refine_bench.records import git_sha, package_versions
 
     return {
-        "model": files_fingerprint(request.model), "checkpoint": files_fingerprint(request.checkpoint),
+        "model": files_fingerprint(request.model), "checkpoint": files_fingerprint(request.checkpoint), **weights,
         "seed": 0, "dtype": str(next(lm.model.parameters()).dtype), "device": lm.device.type,
         "max_length": lm.max_length, "batch_size": request.batch_size, "prefill_chunk": lm.prefill_chunk,
         "ttt": lm.ttt_settings() if hasattr(lm, "ttt_settings") else None,
@@ -60,10 +71,10 @@ def answer_identity(request: EvalRequest, lm: Any) -> dict[str, Any]:
     }
 
 
-def open_answer_cache(request: EvalRequest, lm: Any) -> AnswerCache:
+def open_answer_cache(request: EvalRequest, lm: Any, weights: dict[str, str | None]) -> AnswerCache:
     """Attach the answer cache of this identity to `lm` (emptied first without `resume`)."""
     root = Path(request.output) / ANSWER_CACHE_DIR
-    identity = answer_identity(request, lm)
+    identity = answer_identity(request, lm, weights)
     if not request.resume and lm.rank == 0:
         shutil.rmtree(AnswerCache.folder_of(root, identity), ignore_errors=True)
     lm.barrier()
@@ -113,7 +124,8 @@ def evaluate(request: EvalRequest) -> Path | None:
     with data.recording() as files_read:
         plan = make_plan(request)
         lm = request.lm if request.lm is not None else build_lm(request, plan)
-        cache = open_answer_cache(request, lm) if isinstance(lm, RefineBenchLM) else None
+        weights = weights_hashes(request)
+        cache = open_answer_cache(request, lm, weights) if isinstance(lm, RefineBenchLM) else None
         results = run_lm_eval(lm, plan, request.seed)
     resume = _resume_summary(lm, cache)
     if lm.rank != 0:
@@ -125,6 +137,7 @@ def evaluate(request: EvalRequest) -> Path | None:
         "tasks": plan.tasks, "leaf_tasks": plan.leaves, "lengths": plan.lengths, "limit": request.limit,
         "batch_size": request.batch_size, "device": str(lm.device), "dtype": request.dtype,
         "max_length": lm.max_length, "checkpoint": request.checkpoint,
+        **weights,
         "data_dir": str(plan.data_dir) if plan.data_dir else None, "include_path": plan.include_path,
         "world_size": lm.world_size, "scoring": request.scoring,
         "niah_length_convention": request.niah_length_convention,

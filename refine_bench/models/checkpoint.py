@@ -7,6 +7,7 @@ corrupt, not JSON) raises one naming the file and what is wrong with it.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -29,6 +30,24 @@ def read_config_dict(directory: Path) -> dict:
     if not path.is_file():
         raise UserInputError(f"{directory} is not a model checkpoint: config.json is missing")
     return read_json_object(path, CheckpointError)
+
+
+def weights_sha256(directory: Path) -> str | None:
+    """A SHA-256 that identifies a checkpoint folder's weights: for one safetensors file, the file's own hash
+    (what `sha256sum model.safetensors` prints); for shards, the hash of their `name hash` lines in name order.
+    None when the folder has no safetensors file."""
+    files = sorted(Path(directory).glob("*.safetensors"))
+    hashes = []
+    for file in files:
+        digest = hashlib.sha256()
+        with open(file, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        hashes.append(digest.hexdigest())
+    if len(files) <= 1:
+        return hashes[0] if hashes else None
+    lines = "".join(f"{f.name} {h}\n" for f, h in zip(files, hashes, strict=True))
+    return hashlib.sha256(lines.encode()).hexdigest()
 
 
 def load_safetensors_file(path: Path) -> dict[str, torch.Tensor]:

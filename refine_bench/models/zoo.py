@@ -21,7 +21,7 @@ from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 from refine_bench.errors import CheckpointError, UserInputError
 from refine_bench.models.base import FastWeightPreTrainedModel
-from refine_bench.models.checkpoint import SAFETENSORS_FILE, read_config_dict
+from refine_bench.models.checkpoint import SAFETENSORS_FILE, read_config_dict, weights_sha256
 from refine_bench.models.deltanet import DeltaNetForCausalLM
 from refine_bench.models.hub import checkpoint_root, has_tokenizer, hub_snapshot
 from refine_bench.models.lact import LaCTForCausalLM
@@ -163,6 +163,17 @@ def resolve_checkpoint(name_or_path: str | os.PathLike[str]) -> tuple[ZooEntry |
     if "/" in text or text.startswith("."):
         raise UserInputError(f"model path {text!r} does not exist")
     raise _unknown_name(text)
+
+
+def model_weights_sha256(name_or_path: str | os.PathLike[str]) -> str | None:
+    """What identifies the weights a zoo name, checkpoint folder or hub id loads (`checkpoint.weights_sha256`);
+    None for a name whose weights are a seeded random init. A hub id must be loadable (cached or online)."""
+    entry, directory = resolve_checkpoint(name_or_path)
+    if entry is not None:
+        if entry.seeded_init:
+            return None
+        directory = weights_directory(entry)
+    return weights_sha256(directory)
 
 
 def _load_directory(directory: Path, dtype: torch.dtype | None, device: str | torch.device | None

@@ -23,7 +23,7 @@ from refine_bench.distributed import DistContext, init_distributed
 from refine_bench.errors import RefineBenchError, UserInputError
 from refine_bench.fileio import exclusive_lock
 from refine_bench.interrupts import Interrupted, sigterm_raises
-from refine_bench.models.zoo import load_model, load_tokenizer
+from refine_bench.models.zoo import load_model, load_tokenizer, model_weights_sha256
 from refine_bench.protocol import PRETRAIN, STAGES
 from refine_bench.records import RunRecord
 from refine_bench.train.checkpoints import latest_checkpoint, read_trainer_state
@@ -86,8 +86,10 @@ def run_identity(request: TrainRequest, config: TrainConfig, world_size: int) ->
     model = request.model
     if Path(model).exists():
         model = str(Path(model).resolve())
-    return {"model": model, "data": data, "text_field": request.text_field, "world_size": world_size,
-            **config.identity()}
+    # the starting weights' hash, so that a changed checkpoint under the same name or folder is a new run
+    weights = None if config.phase == PRETRAIN else model_weights_sha256(request.model)
+    return {"model": model, "model_weights_sha256": weights, "data": data, "text_field": request.text_field,
+            "world_size": world_size, **config.identity()}
 
 
 def default_work_dir(model: str, config: TrainConfig, identity: dict[str, Any]) -> Path:
@@ -214,6 +216,7 @@ def _run_locked(request: TrainRequest, config: TrainConfig, dist: DistContext, i
             config={**config.to_dict(), "data": request.data, "text_field": request.text_field,
                     "work_dir": str(work_dir), "device": dist.device, "world_size": dist.world_size,
                     "resumed_from": str(previous) if previous else None, "variant": request.variant or None,
+                    "model_weights_sha256": identity["model_weights_sha256"],
                     "identity_hash": fingerprint(identity), "force_resume": bool(differences),
                     "resume_differences": differences, "data_stats": data_stats, **request.extra})
     writer = MetricWriter(request.report_to, record.path if record is not None else None,
