@@ -64,6 +64,20 @@ def test_a_finished_run_is_not_taken_for_one_from_new_weights_in_the_same_folder
     assert again.returncode == 2 and f"model_weights_sha256: '{old_sha}' -> '{new_sha}'" in again.stderr
 
 
+def test_the_identity_of_a_pretraining_run_names_the_weights_it_continues_from(tmp_path):
+    from refine_bench.cli.training_options import build_config
+    from refine_bench.models.tokenizer import load_tiny_tokenizer
+    from refine_bench.models.zoo import load_model, model_weights_sha256, save_checkpoint
+    from refine_bench.train.session import TrainRequest, run_identity
+
+    save_checkpoint(load_model("deltanet-tiny", seed=1), load_tiny_tokenizer(), tmp_path / "stage-1")
+    pretrain = build_config("deltanet-tiny", "sft", "pretrain")
+    from_init = run_identity(TrainRequest(model="deltanet-small"), pretrain, 1)
+    continued = run_identity(TrainRequest(model=str(tmp_path / "stage-1")), pretrain, 1)
+    assert from_init["model_weights_sha256"] is None  # a seeded random init: the seed identifies it
+    assert continued["model_weights_sha256"] == model_weights_sha256(tmp_path / "stage-1") is not None
+
+
 def test_default_work_folders_differ_by_settings_and_a_finished_run_is_not_redone(tmp_path):
     runs = ["--runs-dir", str(tmp_path / "runs"), "--steps", "1"]
     assert cli(*TRAIN, *runs, cwd=tmp_path).returncode == 0
