@@ -6,7 +6,7 @@ import platform
 
 import typer
 
-from refine_bench.cli.eval import int_list
+from refine_bench.cli.option_values import int_list
 from refine_bench.cli.output import print_json_line, print_table
 from refine_bench.errors import UserInputError
 

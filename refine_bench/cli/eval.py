@@ -6,17 +6,7 @@ from pathlib import Path
 
 import typer
 
-
-def int_list(text: str | None, option: str) -> list[int] | None:
-    """The integers of a comma-separated CLI option (None when it is empty); a UserInputError naming `option`."""
-    from refine_bench.errors import UserInputError
-
-    if not text:
-        return None
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError as exc:
-        raise UserInputError(f"{option} must be comma-separated integers, got {text!r}") from exc
+from refine_bench.cli.option_values import int_list
 
 
 def _files(values: list[str]) -> list[str]:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import typer
 
-from refine_bench.cli.eval import int_list
+from refine_bench.cli.option_values import int_list
 from refine_bench.protocol import BASE_ARM, NIAH_TASKS
 
 DEFAULT_MODELS = ("deltanet-small", "lact-small")

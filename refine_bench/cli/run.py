@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from refine_bench.cli import training_options as opt
-from refine_bench.cli.eval import int_list
+from refine_bench.cli.option_values import int_list
 from refine_bench.cli.output import print_score_lines
 from refine_bench.errors import UserInputError
 from refine_bench.protocol import BASE_ARM, RUN_ARMS
