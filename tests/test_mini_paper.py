@@ -144,6 +144,9 @@ def test_written_tables_and_plots(runs: Path, tmp_path: Path) -> None:
             "index.md"} <= names
     assert {"plots/niah_heatmap_deltanet-small_refine.png", "plots/niah_heatmap_lact-small_sft.pdf",
             "plots/gains_deltanet-small.png", "plots/gains_lact-small.pdf"} <= names
+    first = {path: path.read_bytes() for path in result.paths}
+    assert {path: path.read_bytes() for path in build_mini_paper(runs, out).paths} == first  # byte for byte
+    assert not any(b"/CreationDate" in data for path, data in first.items() if path.suffix == ".pdf")
     md = (out / "table3.md").read_text().splitlines()
     header = [c.strip() for c in next(x for x in md if x.startswith("| model |")).strip("|").split("|")]
     assert header[:7] == ["model", "arm", "seeds", "S-NIAH 1K", "S-NIAH 2K", "S-NIAH avg", "MK-NIAH 1K"]

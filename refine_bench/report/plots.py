@@ -34,14 +34,16 @@ def safe_name(text: str) -> str:
 
 
 def save_figure(fig: Any, stem: Path) -> list[Path]:
-    """Save `fig` as stem.png and stem.pdf atomically and close it."""
+    """Save `fig` as stem.png and stem.pdf atomically and close it; the same figure gives the same bytes (no
+    creation date in the PDF), so rebuilt plots of unchanged records leave a committed copy unchanged."""
     fig.tight_layout()
     paths = []
     stem.parent.mkdir(parents=True, exist_ok=True)
     for ext in ("png", "pdf"):
         path = stem.parent / f"{stem.name}.{ext}"
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=ext, dpi=120, bbox_inches="tight")
+            fig.savefig(tmp, format=ext, dpi=120, bbox_inches="tight",
+                        metadata={"CreationDate": None} if ext == "pdf" else None)
         paths.append(path)
     plt.close(fig)
     return paths
