@@ -1,8 +1,9 @@
 """Files: atomic writes (a reader never sees a half-written file, a crash never destroys the old one), the one
-JSON-lines reader, and advisory locks (one writer per folder)."""
+JSON-lines reader, advisory locks (one writer per folder), and file hashes."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -214,3 +215,12 @@ def read_json_object(path: Path, error: type[Exception] = UserInputError) -> dic
     if not isinstance(value, dict):
         raise error(f"{path} must hold a JSON object, got {type(value).__name__}")
     return value
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

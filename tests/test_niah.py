@@ -11,6 +11,7 @@ import pytest
 
 from refine_bench.errors import UserInputError
 from refine_bench.eval import data, harness_tasks, niah
+from refine_bench.fileio import file_sha256
 from refine_bench.models.tokenizer import load_tiny_tokenizer
 from refine_bench.protocol import NIAH_TASKS
 
@@ -198,4 +199,4 @@ def test_recording_lists_the_files_read(tmp_path):
     with data.recording() as seen:
         data.load_longbench(path)
     assert seen == {path.resolve()}
-    assert data.file_sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert file_sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()

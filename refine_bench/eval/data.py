@@ -13,7 +13,6 @@ Every file a loader reads is noted; `recording()` collects them (the run record 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -53,15 +52,6 @@ def note_read(path: str | os.PathLike[str]) -> None:
     """Tell the open `recording()` blocks that `path` was read."""
     for seen in _recorders:
         seen.add(Path(path).resolve())
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def checkout_root() -> Path:

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from refine_bench.eval import harness_tasks
-from refine_bench.eval.data import file_sha256
 from refine_bench.eval.task_catalog import task_group
+from refine_bench.fileio import file_sha256
 from refine_bench.protocol import NIAH_TASKS
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from refine_bench.errors import CheckpointError, UserInputError
-from refine_bench.fileio import read_json_object
+from refine_bench.fileio import file_sha256, read_json_object
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -37,13 +37,7 @@ def weights_sha256(directory: Path) -> str | None:
     (what `sha256sum model.safetensors` prints); for shards, the hash of their `name hash` lines in name order.
     None when the folder has no safetensors file."""
     files = sorted(Path(directory).glob("*.safetensors"))
-    hashes = []
-    for file in files:
-        digest = hashlib.sha256()
-        with open(file, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        hashes.append(digest.hexdigest())
+    hashes = [file_sha256(file) for file in files]
     if len(files) <= 1:
         return hashes[0] if hashes else None
     lines = "".join(f"{f.name} {h}\n" for f, h in zip(files, hashes, strict=True))
