@@ -165,15 +165,19 @@ def resolve_checkpoint(name_or_path: str | os.PathLike[str]) -> tuple[ZooEntry |
     raise _unknown_name(text)
 
 
-def model_weights_sha256(name_or_path: str | os.PathLike[str]) -> str | None:
-    """What identifies the weights a zoo name, checkpoint folder or hub id loads (`checkpoint.weights_sha256`);
-    None for a name whose weights are a seeded random init. A hub id must be loadable (cached or online)."""
+def _seeded_init(entry: ZooEntry | None, random_init: bool) -> bool:
+    """Whether `load_model` builds a zoo name's weights from its seed rather than loading files."""
+    return entry is not None and (random_init or entry.seeded_init)
+
+
+def model_weights_sha256(name_or_path: str | os.PathLike[str], random_init: bool = False) -> str | None:
+    """What identifies the weights `load_model(name_or_path, random_init=random_init)` loads
+    (`checkpoint.weights_sha256`); None when they are a seeded random init (the seed identifies them). A hub id
+    must be loadable (cached or online)."""
     entry, directory = resolve_checkpoint(name_or_path)
-    if entry is not None:
-        if entry.seeded_init:
-            return None
-        directory = weights_directory(entry)
-    return weights_sha256(directory)
+    if _seeded_init(entry, random_init):
+        return None
+    return weights_sha256(directory if entry is None else weights_directory(entry))
 
 
 def _load_directory(directory: Path, dtype: torch.dtype | None, device: str | torch.device | None
@@ -201,7 +205,7 @@ def load_model(
     files inside the package.
     """
     entry, directory = resolve_checkpoint(name_or_path)
-    if entry is not None and (random_init or entry.seeded_init):
+    if _seeded_init(entry, random_init):
         # Built directly on the target device (a 1.3B init on a GPU takes a second, on a CPU a minute);
         # the CPU generator is seeded either way, so weights depend only on the seed for a given device type.
         with torch.random.fork_rng(devices=[]), torch.device(device or "cpu"):

@@ -23,7 +23,7 @@ from refine_bench.distributed import DistContext, init_distributed
 from refine_bench.errors import RefineBenchError, UserInputError
 from refine_bench.fileio import exclusive_lock
 from refine_bench.interrupts import Interrupted, sigterm_raises
-from refine_bench.models.zoo import load_model, load_tokenizer, model_weights_sha256, resolve_checkpoint
+from refine_bench.models.zoo import load_model, load_tokenizer, model_weights_sha256
 from refine_bench.protocol import PRETRAIN, STAGES
 from refine_bench.records import RunRecord
 from refine_bench.train.checkpoints import latest_checkpoint, read_trainer_state
@@ -86,10 +86,9 @@ def run_identity(request: TrainRequest, config: TrainConfig, world_size: int) ->
     model = request.model
     if Path(model).exists():
         model = str(Path(model).resolve())
-    # the starting weights' hash, so that a changed checkpoint under the same name or folder is a new run;
-    # pretraining a zoo name starts from a seeded init (the seed is in the identity), a folder from its weights
-    from_init = config.phase == PRETRAIN and resolve_checkpoint(request.model)[0] is not None
-    weights = None if from_init else model_weights_sha256(request.model)
+    # the starting weights' hash, so that a changed checkpoint under the same name or folder is a new run
+    # (`_load` pretrains a zoo name from its seeded init, a folder from its weights)
+    weights = model_weights_sha256(request.model, random_init=config.phase == PRETRAIN)
     return {"model": model, "model_weights_sha256": weights, "data": data, "text_field": request.text_field,
             "world_size": world_size, **config.identity()}
 
